@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Create (or update) the project's virtual environment with everything it needs, offline-safe.
+# torch is installed first and pinned: on these machines torch==2.13.0 is a local CPU build,
+# while an unpinned "torch" would pull a multi-GB CUDA build from PyPI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+TORCH_VERSION=${TORCH_VERSION:-2.13.0}
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$VENV"
+fi
+# shellcheck disable=SC1091
+. "$VENV/bin/activate"
+stamp="$VENV/.smoothquant-bootstrap"
+want="$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    exit 0
+fi
+python -m pip install -q --upgrade pip
+python -m pip install -q "torch==${TORCH_VERSION}"
+python -m pip install -q -e ".[test]"
+echo "$want" > "$stamp"

@@ -1,0 +1,50 @@
+"""smoothquant: SmoothQuant W8A8 post-training quantization for large language models.
+
+The public API is a handful of functions, in the order data flows through them::
+
+    stats = smoothquant.calibrate(model, batches)          # activation statistics
+    smoothed = smoothquant.smooth(model, stats, alpha=0.5)  # migrate outliers into weights
+    smoothquant.quantize(model, "O3", smoothed)             # W8A8 (simulated) linears
+
+or all three at once with :func:`quantize_model`.
+"""
+
+from smoothquant.calibration import ActStats, calibrate
+from smoothquant.errors import SmoothQuantError
+from smoothquant.families import prepare_model, resolve, supported_families
+from smoothquant.pipeline import QuantizationResult, quantize_model
+from smoothquant.quantization import (
+    PRESETS,
+    ActQuant,
+    FakeQuantLinear,
+    Scheme,
+    WeightQuant,
+    get_scheme,
+    quantize,
+)
+from smoothquant.smoothing import smooth
+
+__version__ = "0.1.0"
+
+load_stats = ActStats.load
+
+__all__ = [
+    "PRESETS",
+    "ActQuant",
+    "ActStats",
+    "FakeQuantLinear",
+    "QuantizationResult",
+    "Scheme",
+    "SmoothQuantError",
+    "WeightQuant",
+    "__version__",
+    "calibrate",
+    "get_scheme",
+    "load_stats",
+    "prepare_model",
+    "quantize",
+    "quantize_model",
+    "resolve",
+    "smooth",
+    "supported_families",
+]

@@ -1,0 +1,3 @@
+from smoothquant.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,28 @@
+"""Model-family knowledge, as data: one table per family, resolved against the module tree."""
+
+from smoothquant.families.moe import UnfusedExperts, prepare_model
+from smoothquant.families.resolve import (
+    ResolvedGroup,
+    ResolvedModel,
+    find_family,
+    resolve,
+    supported_families,
+)
+from smoothquant.families.spec import Chunk, Experts, Family, Group, Layout
+from smoothquant.families.tables import FAMILIES
+
+__all__ = [
+    "FAMILIES",
+    "Chunk",
+    "Experts",
+    "Family",
+    "Group",
+    "Layout",
+    "ResolvedGroup",
+    "ResolvedModel",
+    "UnfusedExperts",
+    "find_family",
+    "prepare_model",
+    "resolve",
+    "supported_families",
+]

@@ -1,0 +1,124 @@
+"""``quantize``: swap every mapped linear of a model for its simulated-INT8 counterpart."""
+
+from __future__ import annotations
+
+import copy
+
+from torch import nn
+
+from smoothquant.calibration.stats import ActStats
+from smoothquant.errors import QuantizationError, StatsMismatchError
+from smoothquant.families import prepare_model, resolve
+from smoothquant.nn_utils import in_out_features, set_submodule
+from smoothquant.quantization.fake import FakeQuantLinear
+from smoothquant.quantization.scheme import ActQuant, Scheme, get_scheme
+from smoothquant.state import smoothing_id
+
+
+def _lm_head_name(model: nn.Module) -> str:
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    for name, module in model.named_modules():
+        if module is head:
+            return name
+    raise QuantizationError("quantize_lm_head=True but the model has no output embedding (lm_head)")
+
+
+def _static_absmax(stats: ActStats, kind: str, name: str, spec: ActQuant) -> float:
+    table = getattr(stats, kind)
+    absmax = float(table[name].max())
+    if spec.clip_quantile is not None and kind == "inputs":
+        if name not in stats.token_hist:
+            raise StatsMismatchError(
+                f"{name}: clipping needs per-token histograms; calibrate with token_histograms=True"
+            )
+        absmax = min(absmax, stats.token_quantile(name, spec.clip_quantile))
+    return absmax
+
+
+def quantization_targets(model: nn.Module, *, quantize_lm_head: bool = False) -> dict[str, nn.Module]:
+    """The linears ``quantize`` replaces: every linear inside the decoder blocks (routers and
+    MoE gates excepted), plus ``lm_head`` when asked."""
+    prepare_model(model)
+    targets = dict(resolve(model).quantizable)
+    if quantize_lm_head:
+        name = _lm_head_name(model)
+        targets[name] = model.get_submodule(name)
+    return targets
+
+
+def quantize(
+    model: nn.Module,
+    scheme: str | Scheme = "w8a8",
+    stats: ActStats | None = None,
+    *,
+    quantize_bmm_inputs: bool = False,
+    quantize_lm_head: bool = False,
+    inplace: bool = True,
+) -> nn.Module:
+    """Replace every mapped linear by a :class:`FakeQuantLinear` following ``scheme``.
+
+    Static schemes need ``stats`` of the model *as it is now*: after ``smooth``, pass the
+    statistics ``smooth`` returned (or recalibrate). Embeddings, norms and ``lm_head`` (unless
+    ``quantize_lm_head``) stay in floating point.
+
+    ``inplace=True`` (default) edits ``model`` and returns it; ``inplace=False`` works on a deep
+    copy. Every replacement is built before the first swap, so a failing call leaves the model
+    untouched.
+    """
+    scheme = get_scheme(scheme, quantize_bmm_inputs=quantize_bmm_inputs)
+    if any(isinstance(m, FakeQuantLinear) for m in model.modules()):
+        raise QuantizationError("the model is already quantized; start again from the floating-point model")
+    if not inplace:
+        model = copy.deepcopy(model)
+    targets = quantization_targets(model, quantize_lm_head=quantize_lm_head)
+    bmm = set(resolve(model).bmm_inputs) if scheme.outputs is not None else set()
+
+    static_in = not scheme.inputs.dynamic
+    static_out = scheme.outputs is not None and not scheme.outputs.dynamic
+    if static_in or static_out:
+        if stats is None:
+            raise StatsMismatchError(
+                f"scheme {scheme.name} uses static activation scales: pass stats=calibrate(model, data)"
+            )
+        stats_id = stats.meta.get("smoothing_id")
+        if stats_id is not None and stats_id != smoothing_id(model):
+            raise StatsMismatchError(
+                "these statistics describe the model before its last smoothing; pass the statistics "
+                "returned by smooth(), or recalibrate the smoothed model"
+            )
+        if static_in:
+            unseen = [n for n in targets if n not in stats.inputs]
+            if unseen:
+                raise StatsMismatchError(
+                    f"no calibration statistics for {len(unseen)} linears (e.g. {', '.join(unseen[:3])}): "
+                    "experts that received no calibration token need more calibration data, or use a "
+                    "dynamic scheme; otherwise these statistics come from another model"
+                )
+            stats.validate(
+                {n: in_out_features(m)[0] for n, m in targets.items()}, what=f"scheme {scheme.name}"
+            )
+        if static_out:
+            stats.validate(
+                {n: in_out_features(m)[1] for n, m in targets.items() if n in bmm},
+                what="q/k/v output scales",
+                kind="outputs",
+            )
+
+    replacements = {}
+    for name, module in targets.items():
+        quantize_out = name in bmm
+        replacements[name] = FakeQuantLinear.from_float(
+            module,
+            scheme.weights,
+            scheme.inputs,
+            scheme.outputs if quantize_out else None,
+            outlier_threshold=scheme.outlier_threshold,
+            input_absmax=_static_absmax(stats, "inputs", name, scheme.inputs) if static_in else None,
+            output_absmax=_static_absmax(stats, "outputs", name, scheme.outputs)
+            if static_out and quantize_out
+            else None,
+        )
+    for name, new in replacements.items():
+        set_submodule(model, name, new)
+    return model
