@@ -6,11 +6,13 @@ The public API is a handful of functions, in the order data flows through them::
     smoothed = smoothquant.smooth(model, stats, alpha=0.5)  # migrate outliers into weights
     smoothquant.quantize(model, "O3", smoothed)             # W8A8 (simulated) linears
 
-or all three at once with :func:`quantize_model`.
+or all three at once with :func:`quantize_model`; then ``save_quantized(result, "out")`` writes a
+compressed-tensors checkpoint (what vLLM serves) and ``load("out")`` reads one back.
 """
 
 from smoothquant.calibration import ActStats, calibrate
 from smoothquant.errors import SmoothQuantError
+from smoothquant.export import load, save_quantized
 from smoothquant.families import prepare_model, resolve, supported_families
 from smoothquant.pipeline import QuantizationResult, quantize_model
 from smoothquant.quantization import (
@@ -40,11 +42,13 @@ __all__ = [
     "__version__",
     "calibrate",
     "get_scheme",
+    "load",
     "load_stats",
     "prepare_model",
     "quantize",
     "quantize_model",
     "resolve",
+    "save_quantized",
     "smooth",
     "supported_families",
 ]

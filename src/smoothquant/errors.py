@@ -33,3 +33,19 @@ class QuantizationError(SmoothQuantError):
 
 class ArgumentError(SmoothQuantError, ValueError):
     """An argument is out of its valid range (alpha outside [0, 1], batch size < 1...)."""
+
+
+class ExportError(SmoothQuantError):
+    """A model cannot be written in the requested format (scheme not expressible, bad output path)."""
+
+
+class OutputExistsError(ExportError, FileExistsError):
+    """The output directory exists and overwriting was not asked for."""
+
+
+class DiskSpaceError(ExportError, OSError):
+    """Not enough free space for the checkpoint (checked before writing, or the disk filled up)."""
+
+
+class CheckpointError(SmoothQuantError):
+    """A checkpoint directory is missing, corrupt, or not a W8A8 INT8 checkpoint we can load."""

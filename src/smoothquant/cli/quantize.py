@@ -1,0 +1,80 @@
+"""``smoothquant quantize MODEL -o DIR``: the one command from a float model to a servable checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+
+EXPORTABLE_SCHEMES = ("w8a8", "O1", "O2", "O3")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "quantize",
+        help="calibrate, smooth and quantize a model, and write a compressed-tensors checkpoint",
+        description="Load MODEL, calibrate it on text, apply SmoothQuant, quantize to W8A8 INT8 and write "
+        "a compressed-tensors checkpoint that vLLM serves and transformers loads.",
+    )
+    p.add_argument(
+        "model", help="embedded model name (e.g. smollm2-135m), local checkpoint folder, .gguf file or hub id"
+    )
+    p.add_argument("-o", "--output", required=True, help="output directory (must not exist unless --force)")
+    p.add_argument(
+        "--scheme",
+        default="w8a8",
+        type=str.lower,
+        choices=[s.lower() for s in EXPORTABLE_SCHEMES],
+        help="w8a8: per-channel W, per-token A (default, vLLM's int8 path); O1/O2/O3: per-tensor W with "
+        "per-token / per-tensor dynamic / per-tensor static A (O2 does not run in vLLM)",
+    )
+    p.add_argument("--alpha", default="0.5", help="migration strength in [0, 1] (default 0.5)")
+    p.add_argument("--calib", default=None, help="calibration text (a dataset name or text file)")
+    p.add_argument("--num-samples", type=int, default=64, help="calibration sequences (default 64)")
+    p.add_argument("--seq-len", type=int, default=512, help="tokens per calibration sequence (default 512)")
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=DTYPES,
+        help="dtype to load and calibrate in, and of the float tensors written",
+    )
+    p.add_argument(
+        "--format", default="compressed-tensors", choices=["compressed-tensors"], help="checkpoint format"
+    )
+    p.add_argument("--force", action="store_true", help="replace the output directory if it exists")
+    p.set_defaults(func=_quantize)
+
+
+def _alpha(text: str) -> float:
+    from smoothquant.errors import ArgumentError
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise ArgumentError(f"--alpha must be a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise ArgumentError(f"--alpha must be in [0, 1], got {value}")
+    return value
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    import torch
+
+    from smoothquant.errors import ArgumentError
+    from smoothquant.export.oneshot import DEFAULT_CALIB, quantize_and_save
+
+    for flag, value in (("--num-samples", args.num_samples), ("--seq-len", args.seq_len)):
+        if value < 1:
+            raise ArgumentError(f"{flag} must be at least 1, got {value}")
+    summary = quantize_and_save(
+        args.model,
+        args.output,
+        scheme=args.scheme,
+        alpha=_alpha(args.alpha),
+        calib=args.calib or DEFAULT_CALIB,
+        num_samples=args.num_samples,
+        seq_len=args.seq_len,
+        dtype=getattr(torch, args.dtype),
+        force=args.force,
+    )
+    print("\n".join(summary.lines()))
+    return 0

@@ -1,0 +1,6 @@
+"""Save and load quantized models: compressed-tensors W8A8 INT8 checkpoints (what vLLM serves)."""
+
+from smoothquant.export.load import load
+from smoothquant.export.save import save_quantized
+
+__all__ = ["load", "save_quantized"]

@@ -1,0 +1,116 @@
+"""Write a directory all at once or not at all.
+
+Everything is written into a temporary directory beside the target (same filesystem, so the final
+``rename`` is atomic) and renamed into place only when complete. A failure at any point removes the
+temporary directory: readers never see a half-written checkpoint. Replacing an existing directory
+(``force=True``) moves the old one aside, renames the new one in, then deletes the old one; if the
+second rename fails the old one is put back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from smoothquant.errors import DiskSpaceError, ExportError, OutputExistsError
+
+# room for config, tokenizer and recipe files and filesystem overhead beyond the tensor bytes
+SPACE_MARGIN_BYTES = 64 * 2**20
+SPACE_MARGIN_FRACTION = 0.02
+
+
+def _os_error(e: OSError, target: Path) -> ExportError:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskSpaceError(f"the disk filled up while writing {target}; nothing was written: {e}")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return ExportError(
+            f"cannot write {target}: {e.strerror} (is {target.parent} read-only?). Choose a writable "
+            "output directory."
+        )
+    return ExportError(f"writing {target} failed, nothing was written: {e}")
+
+
+def check_target(target: Path, force: bool) -> None:
+    if target.exists() or target.is_symlink():
+        if not target.is_dir():
+            raise OutputExistsError(f"{target} exists and is not a directory; choose another output path")
+        if not force:
+            raise OutputExistsError(
+                f"{target} already exists; pass --force (force=True) to replace it, or choose another path"
+            )
+
+
+def check_output(target: Path, force: bool) -> None:
+    """What can be checked before any work: the target is free (or ``force``), its parent exists."""
+    check_target(target, force)
+    if not target.parent.is_dir():
+        raise ExportError(f"the parent directory {target.parent} does not exist; create it first")
+
+
+def check_free_space(parent: Path, needed_bytes: int) -> None:
+    needed = int(needed_bytes * (1 + SPACE_MARGIN_FRACTION)) + SPACE_MARGIN_BYTES
+    free = shutil.disk_usage(parent).free
+    if free < needed:
+        raise DiskSpaceError(
+            f"not enough free space in {parent}: the checkpoint needs about {needed / 2**20:.0f} MiB, "
+            f"{free / 2**20:.0f} MiB are free. Free some space or choose another output directory."
+        )
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str | os.PathLike, *, force: bool, needed_bytes: int) -> Iterator[Path]:
+    """Yield a temporary directory; on success it becomes ``target``.
+
+    Checks, before anything is written: ``target`` is free (or ``force``), its parent exists, and
+    the parent's filesystem has ``needed_bytes`` (plus a margin) free.
+    """
+    target = Path(target).absolute()
+    parent = target.parent
+    check_output(target, force)
+    check_free_space(parent, needed_bytes)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
+    except OSError as e:
+        raise _os_error(e, target) from e
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        _move_into_place(tmp, target, force)
+    except ExportError:
+        raise
+    except OSError as e:
+        raise _os_error(e, target) from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone after a successful rename
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush file contents before the rename makes them visible (a crash must not expose empty files)."""
+    for path in root.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def _move_into_place(tmp: Path, target: Path, force: bool) -> None:
+    check_target(target, force)  # another process may have created it meanwhile
+    if not target.exists():
+        os.rename(tmp, target)
+        return
+    old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+    os.rename(target, old)
+    try:
+        os.rename(tmp, target)
+    except OSError:
+        os.rename(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,65 @@
+"""How module names on disk differ from module names in memory, as data.
+
+transformers 5 renames some checkpoint keys on load and fuses MoE experts into 3-D parameters;
+``save_pretrained`` reverses that. Our models hold per-expert linears (``prepare_model``) named as
+in the original checkpoints, so only the renames remain: Mixtral's MoE block is ``mlp`` in
+memory but ``block_sparse_moe`` on disk, where vLLM's Mixtral loader and transformers' own
+key conversion expect it. Qwen2-MoE / Qwen3-MoE experts already carry their disk names.
+
+``FUSED_SIBLINGS``: linears vLLM runs as one fused GEMM (``qkv_proj``, ``gate_up_proj``,
+Mixtral's ``w13``) with a single static input scale (the maximum of the siblings').
+"""
+
+from __future__ import annotations
+
+import re
+
+from torch import nn
+
+# model_type -> ((in-memory regex, on-disk replacement), ...), applied in order to dotted names
+CHECKPOINT_RENAMES: dict[str, tuple[tuple[str, str], ...]] = {
+    "mixtral": ((r"\.mlp\.(experts|gate)(\.|$)", r".block_sparse_moe.\1\2"),),
+}
+# the inverse, for reading
+_LOAD_RENAMES: dict[str, tuple[tuple[str, str], ...]] = {
+    "mixtral": ((r"\.block_sparse_moe\.(experts|gate)(\.|$)", r".mlp.\1\2"),),
+}
+
+FUSED_SIBLINGS: tuple[frozenset[str], ...] = (
+    frozenset({"q_proj", "k_proj", "v_proj"}),
+    frozenset({"gate_proj", "up_proj"}),
+    frozenset({"w1", "w3"}),
+)
+
+
+def _apply(name: str, rules: tuple[tuple[str, str], ...]) -> str:
+    for pattern, replacement in rules:
+        name = re.sub(pattern, replacement, name)
+    return name
+
+
+def to_disk(name: str, model_type: str | None) -> str:
+    return _apply(name, CHECKPOINT_RENAMES.get(model_type or "", ()))
+
+
+def from_disk(name: str, model_type: str | None) -> str:
+    return _apply(name, _LOAD_RENAMES.get(model_type or "", ()))
+
+
+def sibling_sets(names: list[str]) -> list[list[str]]:
+    """Groups (of two or more) among ``names`` that vLLM fuses: same parent, sibling leaf names."""
+    groups: dict[tuple[str, frozenset[str]], list[str]] = {}
+    for name in names:
+        parent, _, leaf = name.rpartition(".")
+        for siblings in FUSED_SIBLINGS:
+            if leaf in siblings:
+                groups.setdefault((parent, siblings), []).append(name)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def matches(name: str, module: nn.Module, target: str) -> bool:
+    """compressed-tensors target matching: ``re:`` regex on the name, an exact name, or a class
+    name anywhere in the module's MRO (``Linear`` matches ``nn.Linear``)."""
+    if target.startswith("re:"):
+        return re.match(target[3:], name) is not None
+    return target == name or any(cls.__name__ == target for cls in type(module).__mro__)
