@@ -8,6 +8,9 @@ key conversion expect it. Qwen2-MoE / Qwen3-MoE experts already carry their disk
 
 ``FUSED_SIBLINGS``: linears vLLM runs as one fused GEMM (``qkv_proj``, ``gate_up_proj``,
 Mixtral's ``w13``) with a single static input scale (the maximum of the siblings').
+``FUSED_ON_DISK``: linears stored already fused (Phi-3, GLM, Falcon, BLOOM, GPT-NeoX). vLLM loads
+per-tensor weight scales of fused layers as one scale per logical shard, which such a checkpoint
+does not have (one per tensor).
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ FUSED_SIBLINGS: tuple[frozenset[str], ...] = (
     frozenset({"gate_proj", "up_proj"}),
     frozenset({"w1", "w3"}),
 )
+
+FUSED_ON_DISK: frozenset[str] = frozenset({"qkv_proj", "gate_up_proj", "query_key_value"})
 
 
 def _apply(name: str, rules: tuple[tuple[str, str], ...]) -> str:

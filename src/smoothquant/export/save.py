@@ -171,6 +171,15 @@ def save_quantized(
             scheme.inputs.granularity,
             "dynamic" if scheme.inputs.dynamic else "static",
         )
+    fused = [n for n in modules if n.rpartition(".")[2] in names.FUSED_ON_DISK]
+    if fused and scheme.weights.granularity == "tensor":
+        log.warning(
+            "%s (and %d more) store fused projections with one per-tensor weight scale; vLLM expects "
+            "one per-tensor scale per logical shard of a fused layer and may refuse this checkpoint. "
+            "Use the w8a8 scheme (per-channel weights) to serve this family with vLLM.",
+            fused[0],
+            len(fused) - 1,
+        )
     tensors = _tensors(model, modules)
     config = _config(model, scheme, _ignore(model, modules))
     from smoothquant import __version__
