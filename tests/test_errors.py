@@ -55,7 +55,9 @@ def test_alpha_outside_unit_interval(alpha) -> None:
 def test_alpha_mapping_must_cover_every_group() -> None:
     model = tiny_model("llama")
     stats = sq.calibrate(model, tiny_batches(), progress=False)
-    with pytest.raises(ArgumentError, match=r"no alpha given for smoothing group 'model\.layers\.0\.attn_in'"):
+    with pytest.raises(
+        ArgumentError, match=r"no alpha given for smoothing group 'model\.layers\.0\.attn_in'"
+    ):
         sq.smooth(model, stats, alpha={"*.mlp_in": 0.5})
 
 

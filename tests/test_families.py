@@ -83,7 +83,9 @@ def test_missing_paths_are_named(toy_family) -> None:
 
 def test_width_mismatch_is_a_table_error(toy_family) -> None:
     toy_family(Layout((Group("a", "ln", ("fc",)),)))
-    with pytest.raises(UnsupportedModelError, match=r"reads 6 channels but its producer layers\.0\.ln gives 4"):
+    with pytest.raises(
+        UnsupportedModelError, match=r"reads 6 channels but its producer layers\.0\.ln gives 4"
+    ):
         sq.resolve(_toy_model([_block(ln=Norm(4), fc=nn.Linear(6, 3))]))
 
 
