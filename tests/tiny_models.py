@@ -130,3 +130,24 @@ def tiny_model(name: str, dtype: torch.dtype = torch.float64, seed: int = 0, per
 def tiny_batches(n: int = 4, seq_len: int = 16, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, VOCAB, (n, seq_len), generator=g)
+
+
+def plant_outliers(model, factor: float = 30.0, channel: int = 3) -> None:
+    """Give every smoothing group's producer one outlier output channel (x ``factor``).
+
+    Real LLMs have a few activation channels orders of magnitude above the rest; random init
+    has none, so without this a test could not tell whether smoothing helps.
+    """
+    from smoothquant.families import prepare_model, resolve
+    from smoothquant.nn_utils import weight_oi
+
+    prepare_model(model)
+    with torch.no_grad():
+        for group in resolve(model).groups:
+            p = group.producer
+            if group.is_linear_pair:
+                rows = group.rows or slice(None)
+                weight_oi(p)[rows][channel].mul_(factor)
+            else:
+                off = group.norm_offset
+                p.weight[channel] = (p.weight[channel] + off) * factor - off

@@ -35,6 +35,14 @@ class ArgumentError(SmoothQuantError, ValueError):
     """An argument is out of its valid range (alpha outside [0, 1], batch size < 1...)."""
 
 
+class ModelLoadError(SmoothQuantError):
+    """A model cannot be found or loaded (missing package, file, or network access)."""
+
+
+class DatasetError(SmoothQuantError):
+    """A text dataset cannot be found, fetched or read."""
+
+
 class ExportError(SmoothQuantError):
     """A model cannot be written in the requested format (scheme not expressible, bad output path)."""
 

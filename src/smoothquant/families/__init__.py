@@ -5,8 +5,10 @@ from smoothquant.families.resolve import (
     ResolvedGroup,
     ResolvedModel,
     find_family,
+    register_family,
     resolve,
     supported_families,
+    unregister_family,
 )
 from smoothquant.families.spec import Chunk, Experts, Family, Group, Layout
 from smoothquant.families.tables import FAMILIES
@@ -23,6 +25,8 @@ __all__ = [
     "UnfusedExperts",
     "find_family",
     "prepare_model",
+    "register_family",
     "resolve",
     "supported_families",
+    "unregister_family",
 ]

@@ -22,9 +22,25 @@ from smoothquant.families.spec import Family, Group, Layout
 from smoothquant.families.tables import FAMILIES
 from smoothquant.nn_utils import in_out_features, is_linear_like
 
+_REGISTERED: list[Family] = []
+
+
+def register_family(family: Family) -> None:
+    """Add (or replace, by name) a family table at run time, ahead of the built-in ones."""
+    _REGISTERED[:] = [f for f in _REGISTERED if f.name != family.name]
+    _REGISTERED.insert(0, family)
+
+
+def unregister_family(name: str) -> None:
+    _REGISTERED[:] = [f for f in _REGISTERED if f.name != name]
+
+
+def _families() -> tuple[Family, ...]:
+    return (*_REGISTERED, *FAMILIES)
+
 
 def supported_families() -> list[str]:
-    return [f.name for f in FAMILIES]
+    return [f.name for f in _families()]
 
 
 def _model_type(model_or_config: object) -> str | None:
@@ -35,15 +51,16 @@ def _model_type(model_or_config: object) -> str | None:
 def find_family(model_or_config: object) -> Family:
     """The family table for a model (or config), by ``config.model_type``."""
     model_type = _model_type(model_or_config)
-    for family in FAMILIES:
+    for family in _families():
         if model_type in family.model_types:
             return family
     raise UnsupportedModelError(
         f"model family {model_type!r} (config.model_type) is not supported yet. "
         f"Supported families: {', '.join(supported_families())}. "
-        "To add one, write a Family table in smoothquant/families/tables.py naming which norm or "
-        "linear of a decoder block feeds which linears, and add a tiny config for it in "
-        "tests/tiny_models.py so the generic tests check that smoothing leaves its logits unchanged."
+        "To add one, write a Family table (smoothquant/families/tables.py has one per family) naming "
+        "which norm or linear of a decoder block feeds which linears, and either add it to FAMILIES "
+        "there with a tiny config in tests/tiny_models.py, or register it at run time with "
+        "smoothquant.families.register_family(table)."
     )
 
 

@@ -8,7 +8,7 @@ from torch import nn
 
 from smoothquant.calibration.stats import ActStats
 from smoothquant.errors import QuantizationError, StatsMismatchError
-from smoothquant.families import prepare_model, resolve
+from smoothquant.families import ResolvedModel, prepare_model, resolve
 from smoothquant.nn_utils import in_out_features, set_submodule
 from smoothquant.quantization.fake import FakeQuantLinear
 from smoothquant.quantization.scheme import ActQuant, Scheme, get_scheme
@@ -36,11 +36,15 @@ def _static_absmax(stats: ActStats, kind: str, name: str, spec: ActQuant) -> flo
     return absmax
 
 
-def quantization_targets(model: nn.Module, *, quantize_lm_head: bool = False) -> dict[str, nn.Module]:
+def quantization_targets(
+    model: nn.Module, *, quantize_lm_head: bool = False, resolved: ResolvedModel | None = None
+) -> dict[str, nn.Module]:
     """The linears ``quantize`` replaces: every linear inside the decoder blocks (routers and
     MoE gates excepted), plus ``lm_head`` when asked."""
-    prepare_model(model)
-    targets = dict(resolve(model).quantizable)
+    if resolved is None:
+        prepare_model(model)
+        resolved = resolve(model)
+    targets = dict(resolved.quantizable)
     if quantize_lm_head:
         name = _lm_head_name(model)
         targets[name] = model.get_submodule(name)
@@ -71,8 +75,10 @@ def quantize(
         raise QuantizationError("the model is already quantized; start again from the floating-point model")
     if not inplace:
         model = copy.deepcopy(model)
-    targets = quantization_targets(model, quantize_lm_head=quantize_lm_head)
-    bmm = set(resolve(model).bmm_inputs) if scheme.outputs is not None else set()
+    prepare_model(model)
+    resolved = resolve(model)
+    targets = quantization_targets(model, quantize_lm_head=quantize_lm_head, resolved=resolved)
+    bmm = set(resolved.bmm_inputs) if scheme.outputs is not None else set()
 
     static_in = not scheme.inputs.dynamic
     static_out = scheme.outputs is not None and not scheme.outputs.dynamic

@@ -12,7 +12,7 @@ from torch import nn
 from smoothquant.calibration.stats import ActStats
 from smoothquant.errors import ArgumentError, StatsMismatchError
 from smoothquant.families import ResolvedGroup, ResolvedModel, prepare_model, resolve
-from smoothquant.nn_utils import compute_dtype, in_out_features, model_dtype, weight_oi
+from smoothquant.nn_utils import compute_dtype, in_out_features, is_linear_like, model_dtype, weight_oi
 from smoothquant.smoothing.fold import fold_into_consumers, fold_into_producer
 from smoothquant.smoothing.scales import (
     expand_to_consumer,
@@ -78,7 +78,10 @@ def _validate(
     expected = {}
     for g in groups:
         for name, module in g.consumers.items():
-            # experts that received no calibration token have no statistics; that is allowed
+            # calibration observes linears only; experts that received no calibration token have
+            # no statistics, which is allowed
+            if not is_linear_like(module):
+                continue
             if name in stats.inputs or not (experts and name.startswith(experts)):
                 expected[name] = in_out_features(module)[0]
     stats.validate(expected, what="smoothing")
@@ -152,9 +155,10 @@ def smooth(
         fold_into_producer(g, s.to(device))
         fold_into_consumers(g, s.to(device))
         s_in = expand_to_consumer(s, index).float()
-        for n in present:
-            out.inputs[n] = out.inputs[n] / s_in
-            out.token_hist.pop(n, None)
+        for n in (*g.consumers, *g.passive):  # passive readers that are linears were observed too
+            if n in out.inputs:
+                out.inputs[n] = out.inputs[n] / s_in
+                out.token_hist.pop(n, None)
         if g.is_linear_pair and g.producer_name in out.outputs:
             rows = g.rows or slice(None)
             out.outputs[g.producer_name][rows] = out.outputs[g.producer_name][rows] / s.float()
