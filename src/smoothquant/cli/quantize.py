@@ -28,7 +28,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "per-token / per-tensor dynamic / per-tensor static A (O2 does not run in vLLM)",
     )
     p.add_argument("--alpha", default="0.5", help="migration strength in [0, 1] (default 0.5)")
-    p.add_argument("--calib", default=None, help="calibration text (a dataset name or text file)")
+    p.add_argument(
+        "--calib",
+        default=None,
+        help="calibration text: wiki-gensim (default), wikitext2, austen, a .txt/.jsonl file or a WikiText-style "
+        "folder; only its calibration split is used",
+    )
     p.add_argument("--num-samples", type=int, default=64, help="calibration sequences (default 64)")
     p.add_argument("--seq-len", type=int, default=512, help="tokens per calibration sequence (default 512)")
     p.add_argument(

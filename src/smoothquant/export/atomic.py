@@ -80,7 +80,7 @@ def atomic_directory(target: str | os.PathLike, *, force: bool, needed_bytes: in
         raise _os_error(e, target) from e
     try:
         yield tmp
-        _fsync_tree(tmp)
+        _finish_files(tmp)
         _move_into_place(tmp, target, force)
     except ExportError:
         raise
@@ -90,10 +90,22 @@ def atomic_directory(target: str | os.PathLike, *, force: bool, needed_bytes: in
         shutil.rmtree(tmp, ignore_errors=True)  # gone after a successful rename
 
 
-def _fsync_tree(root: Path) -> None:
-    """Flush file contents before the rename makes them visible (a crash must not expose empty files)."""
-    for path in root.rglob("*"):
-        if path.is_file():
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _finish_files(root: Path) -> None:
+    """Give files and folders the permissions the umask asks for (mkdtemp makes the folder private,
+    and a server running as another user must read the checkpoint), and flush file contents before
+    the rename makes them visible (a crash must not expose empty files)."""
+    mask = _umask()
+    for path in [root, *root.rglob("*")]:
+        if path.is_dir():
+            path.chmod(0o777 & ~mask)
+        elif path.is_file():
+            path.chmod(0o666 & ~mask)
             fd = os.open(path, os.O_RDONLY)
             try:
                 os.fsync(fd)

@@ -25,7 +25,7 @@ from smoothquant.pipeline import quantize_model
 from smoothquant.quantization import FakeQuantLinear, get_scheme
 from smoothquant.smoothing.smooth import Alpha
 
-DEFAULT_CALIB = "wikitext2"
+DEFAULT_CALIB = "wiki-gensim"  # calibration_batches' default corpus
 
 
 @dataclass

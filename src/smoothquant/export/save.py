@@ -74,6 +74,32 @@ def _check_layout(model: nn.Module, modules: dict[str, FakeQuantLinear]) -> None
             raise ExportError(f"{name}: shape differs from the model's config; was the model resized?")
 
 
+def _vllm_caveats(scheme: Scheme, quantized: list[str]) -> list[str]:
+    """Valid checkpoints that vLLM (per its CompressedTensorsW8A8Int8 and INT8 MoE code) will not serve."""
+    out = []
+    if not ct.vllm_servable(scheme):
+        out.append(
+            f"scheme {scheme.name} (per-tensor dynamic activations) is valid compressed-tensors and loads "
+            "in transformers, but vLLM has no kernel for it; use w8a8, O1 or O3 to serve with vLLM"
+        )
+    fused = [n for n in quantized if n.rpartition(".")[2] in names.FUSED_ON_DISK]
+    if fused and scheme.weights.granularity == "tensor":
+        out.append(
+            f"{fused[0]} and {len(fused) - 1} more store fused projections with one per-tensor weight "
+            "scale; vLLM expects one per logical shard of a fused layer and may refuse the checkpoint: "
+            "use w8a8 (per-channel weights) to serve this family with vLLM"
+        )
+    per_token = scheme.inputs.granularity == "token" and scheme.inputs.dynamic
+    if any(".experts." in n for n in quantized) and not (
+        scheme.weights.granularity == "channel" and per_token
+    ):
+        out.append(
+            f"vLLM's INT8 MoE kernels take only per-channel weights with per-token activations; "
+            f"the experts of this {scheme.name} checkpoint will not load there: use w8a8 for MoE models"
+        )
+    return out
+
+
 def _input_scales(modules: dict[str, FakeQuantLinear]) -> dict[str, torch.Tensor]:
     """Static input scales, equal across fused siblings (vLLM keeps one: the maximum).
 
@@ -137,6 +163,8 @@ def _config(model: nn.Module, scheme: Scheme, ignore: list[str]) -> dict[str, An
     config = copy.deepcopy(model.config)
     config.architectures = [type(model).__name__]
     config.dtype = model_dtype(model)
+    if isinstance(model.get_output_embeddings(), FakeQuantLinear):
+        config.tie_word_embeddings = False  # an int8 lm_head no longer shares the float embedding
     d = config.to_dict()
     d.pop("_name_or_path", None)  # the source path means nothing beside the export
     d["quantization_config"] = ct.quantization_config(scheme, ignore)
@@ -163,23 +191,8 @@ def save_quantized(
     modules = _quantized(model)
     scheme = _scheme(modules, result.scheme.name if result is not None else "custom")
     _check_layout(model, modules)
-    if not ct.vllm_servable(scheme):
-        log.warning(
-            "scheme %s (activations per %s, %s) is valid compressed-tensors and loads in transformers, "
-            "but vLLM has no kernel for it; use w8a8, O1 or O3 to serve with vLLM",
-            scheme.name,
-            scheme.inputs.granularity,
-            "dynamic" if scheme.inputs.dynamic else "static",
-        )
-    fused = [n for n in modules if n.rpartition(".")[2] in names.FUSED_ON_DISK]
-    if fused and scheme.weights.granularity == "tensor":
-        log.warning(
-            "%s (and %d more) store fused projections with one per-tensor weight scale; vLLM expects "
-            "one per-tensor scale per logical shard of a fused layer and may refuse this checkpoint. "
-            "Use the w8a8 scheme (per-channel weights) to serve this family with vLLM.",
-            fused[0],
-            len(fused) - 1,
-        )
+    for warning in _vllm_caveats(scheme, list(modules)):
+        log.warning(warning)
     tensors = _tensors(model, modules)
     config = _config(model, scheme, _ignore(model, modules))
     from smoothquant import __version__

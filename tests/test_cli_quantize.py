@@ -1,0 +1,97 @@
+"""``smoothquant quantize``: a local tiny checkpoint in, a loadable export and a summary out."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+import smoothquant as sq
+from smoothquant.cli import main
+from tiny_models import VOCAB, tiny_model
+
+WORDS = [f"w{i}" for i in range(VOCAB - 1)]
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A tiny Llama folder with a word-level tokenizer, and a text file to calibrate on."""
+    root = tmp_path_factory.mktemp("cli")
+    model = tiny_model("llama", dtype=torch.float32)
+    model.save_pretrained(root / "model")
+    vocab = {"[UNK]": 0} | {w: i + 1 for i, w in enumerate(WORDS)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]").save_pretrained(root / "model")
+    g = torch.Generator().manual_seed(0)
+    paragraphs = [
+        " ".join(WORDS[int(i)] for i in torch.randint(0, len(WORDS), (60,), generator=g)) for _ in range(100)
+    ]
+    (root / "calib.txt").write_text("\n\n".join(paragraphs))
+    return root
+
+
+def _run(args, capsys):
+    code = main(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_quantize_command_writes_a_loadable_checkpoint(tiny_checkpoint, capsys, tmp_path):
+    out = tmp_path / "q"
+    args = [
+        "quantize",
+        str(tiny_checkpoint / "model"),
+        "-o",
+        str(out),
+        "--calib",
+        str(tiny_checkpoint / "calib.txt"),
+    ]
+    code, stdout, stderr = _run(
+        [*args, "--scheme", "O3", "--alpha", "0.7", "--num-samples", "4", "--seq-len", "32"], capsys
+    )
+    assert code == 0, stderr
+    assert "quantized 14 linears" in stdout and "alpha 0.7" in stdout and "MiB" in stdout
+    recipe = json.loads((out / "smoothquant_recipe.json").read_text())
+    assert recipe["scheme"] == "O3" and set(recipe["alpha"].values()) == {0.7}
+    assert recipe["calibration"]["num_sequences"] == 4 and recipe["calibration"]["seq_len"] == 32
+    assert (out / "tokenizer.json").is_file()
+    loaded = sq.load(out)
+    assert isinstance(loaded.model.layers[1].mlp.down_proj, sq.FakeQuantLinear)
+    # the same command again refuses to overwrite, then replaces with --force
+    code, _, stderr = _run(args, capsys)
+    assert code == 2 and "already exists" in stderr and "Traceback" not in stderr
+    code, _, stderr = _run([*args, "--force", "--num-samples", "2", "--seq-len", "32"], capsys)
+    assert code == 0, stderr
+    assert json.loads((out / "smoothquant_recipe.json").read_text())["scheme"] == "w8a8"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--alpha", "1.5"], "--alpha must be in [0, 1]"),
+        (["--alpha", "auto"], "--alpha must be a number"),
+        (["--num-samples", "0"], "--num-samples must be at least 1"),
+    ],
+)
+def test_bad_arguments_are_one_line_errors(tiny_checkpoint, capsys, tmp_path, extra, message):
+    code, _, stderr = _run(
+        ["quantize", str(tiny_checkpoint / "model"), "-o", str(tmp_path / "q"), *extra], capsys
+    )
+    assert code == 2 and message in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "q").exists()
+
+
+def test_output_checks_come_before_any_work(capsys, tmp_path):
+    """A missing parent directory fails at once, before the (here nonexistent) model is loaded."""
+    code, _, stderr = _run(["quantize", "no-such-model", "-o", str(tmp_path / "missing" / "q")], capsys)
+    assert code == 2 and "does not exist" in stderr
+
+
+def test_inexpressible_schemes_are_not_offered(capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        main(["quantize", "m", "-o", str(tmp_path / "q"), "--scheme", "zeroquant"])
+    assert "invalid choice" in capsys.readouterr().err
