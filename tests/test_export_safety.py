@@ -244,3 +244,16 @@ def test_written_files_follow_the_umask(tmp_path, result):
         os.umask(old)
     assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
     assert {p.stat().st_mode & 0o777 for p in (tmp_path / "out").iterdir()} == {0o644}
+
+
+def test_tensors_the_config_has_no_place_for(tmp_path, result):
+    """A bias the config's model lacks, or a static scale in a dynamic checkpoint, is not ignored."""
+    dynamic = tiny_model("llama", dtype=torch.float32)
+    sq.save_quantized(
+        sq.quantize_model(dynamic, tiny_batches(), seq_len=16, progress=False), tmp_path / "w8a8"
+    )
+    for name in ("model.layers.0.self_attn.q_proj.bias", "model.layers.0.self_attn.q_proj.input_scale"):
+        _edit_tensors(tmp_path / "w8a8", lambda t, name=name: t.update({name: torch.ones(1)}))
+        with pytest.raises(CheckpointError, match="does not use"):
+            sq.load(tmp_path / "w8a8")
+        _edit_tensors(tmp_path / "w8a8", lambda t, name=name: t.pop(name))

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from smoothquant.errors import CheckpointError, ExportError
-from smoothquant.quantization.scheme import PRESETS, ActQuant, Scheme, WeightQuant
+from smoothquant.quantization.scheme import ActQuant, Scheme, WeightQuant
 
 QUANT_METHOD = "compressed-tensors"
 FORMAT = "int-quantized"
@@ -99,13 +99,6 @@ class ConfigGroup:
     targets: tuple[str, ...]
     weights: WeightQuant
     inputs: ActQuant
-
-    def scheme(self) -> Scheme:
-        """A preset when one matches (so recipes and reprs read naturally), else a custom scheme."""
-        for preset in PRESETS.values():
-            if preset.weights == self.weights and preset.inputs == self.inputs and preset.migration != "none":
-                return preset
-        return Scheme(f"compressed-tensors:{self.name}", self.weights, self.inputs, migration="none")
 
 
 def _int8_symmetric(args: Any, where: str) -> dict[str, Any]:

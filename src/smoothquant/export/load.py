@@ -114,6 +114,58 @@ def _dtype(config: dict, dtype: torch.dtype | None) -> torch.dtype:
     return found
 
 
+Targets = dict[str, tuple[str, nn.Linear, ct.ConfigGroup]]  # module name -> (disk name, linear, group)
+
+
+def _targets(
+    model: nn.Module, groups: list[ct.ConfigGroup], ignore: list[str], tensors: dict, model_type: str | None
+) -> Targets:
+    """The linears the config quantizes (the first matching group wins, as in compressed-tensors)."""
+    found: Targets = {}
+    for name, module in model.named_modules():
+        disk = names.to_disk(name, model_type)
+        if any(names.matches(disk, module, t) for t in ignore):
+            continue
+        group = next((g for g in groups if any(names.matches(disk, module, t) for t in g.targets)), None)
+        if group is None:
+            continue
+        if not isinstance(module, nn.Linear):
+            raise CheckpointError(
+                f"{disk} ({type(module).__name__}) is targeted by {group.name} but is not an nn.Linear; "
+                "only quantized linears can be loaded"
+            )
+        found[name] = (disk, module, group)
+    stray = {k.rpartition(".")[0] for k in tensors if k.endswith(".weight_scale")}
+    stray -= {disk for disk, _, _ in found.values()}
+    if stray:
+        raise CheckpointError(
+            f"the checkpoint has weight scales for {len(stray)} modules the quantization_config does not "
+            f"quantize (e.g. {sorted(stray)[0]}); the config's targets/ignore do not match the tensors"
+        )
+    return found
+
+
+def _fake_quant(
+    tensors: dict, disk: str, linear: nn.Linear, group: ct.ConfigGroup, dtype: torch.dtype, used: set[str]
+) -> FakeQuantLinear:
+    """A FakeQuantLinear holding the stored integers and scales (scales widened to fp32, exactly)."""
+    out_f, in_f = linear.weight.shape
+    fq = FakeQuantLinear(in_f, out_f, linear.bias is not None, group.weights, group.inputs, dtype=dtype)
+    scale_shape = (out_f, 1) if group.weights.granularity == "channel" else (1,)
+    fq.qweight.copy_(_expect(tensors, f"{disk}.weight", (out_f, in_f), "int8"))
+    fq.weight_scale.copy_(_expect(tensors, f"{disk}.weight_scale", scale_shape, "float").float())
+    consumed = ["weight", "weight_scale", *_ZERO_POINTS]
+    if fq.input_scale is not None:
+        fq.input_scale.copy_(_expect(tensors, f"{disk}.input_scale", (1,), "float").float())
+        consumed.append("input_scale")
+    if fq.bias is not None:
+        fq.bias.copy_(_expect(tensors, f"{disk}.bias", (out_f,), "float"))
+        consumed.append("bias")
+    _zero_points_are_zero(tensors, disk)
+    used |= {f"{disk}.{leaf}" for leaf in consumed}  # anything else left over is reported as unexpected
+    return fq
+
+
 def load(
     path: str | os.PathLike, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
 ) -> nn.Module:
@@ -139,59 +191,18 @@ def load(
     model = skeleton(config, dtype=dtype)
     model_type = getattr(config, "model_type", None)
 
-    # which linears are quantized, and how (the first matching group wins, as in compressed-tensors)
-    quantized: dict[str, tuple[str, nn.Linear, ct.ConfigGroup]] = {}
-    for name, module in model.named_modules():
-        disk = names.to_disk(name, model_type)
-        if any(names.matches(disk, module, t) for t in ignore):
-            continue
-        group = next((g for g in groups if any(names.matches(disk, module, t) for t in g.targets)), None)
-        if group is None:
-            continue
-        if not isinstance(module, nn.Linear):
-            raise CheckpointError(
-                f"{disk} ({type(module).__name__}) is targeted by {group.name} but is not an nn.Linear; "
-                "only quantized linears can be loaded"
-            )
-        quantized[name] = (disk, module, group)
-    stray = {k.rpartition(".")[0] for k in tensors if k.endswith(".weight_scale")} - {
-        d for d, _, _ in quantized.values()
-    }
-    if stray:
-        raise CheckpointError(
-            f"the checkpoint has weight scales for {len(stray)} modules the quantization_config does not "
-            f"quantize (e.g. {sorted(stray)[0]}); the config's targets/ignore do not match the tensors"
-        )
-
     # build every replacement and check every tensor before touching the model
+    targets = _targets(model, groups, ignore, tensors, model_type)
     used: set[str] = set()
-    replacements: dict[str, FakeQuantLinear] = {}
-    for name, (disk, linear, group) in quantized.items():
-        out_f, in_f = linear.weight.shape
-        fq = FakeQuantLinear(in_f, out_f, linear.bias is not None, group.weights, group.inputs, dtype=dtype)
-        scale_shape = (out_f, 1) if group.weights.granularity == "channel" else (1,)
-        fq.qweight.copy_(_expect(tensors, f"{disk}.weight", (out_f, in_f), "int8"))
-        fq.weight_scale.copy_(_expect(tensors, f"{disk}.weight_scale", scale_shape, "float").float())
-        used |= {f"{disk}.weight", f"{disk}.weight_scale"}
-        if fq.input_scale is not None:
-            fq.input_scale.copy_(_expect(tensors, f"{disk}.input_scale", (1,), "float").float())
-            used.add(f"{disk}.input_scale")
-        if fq.bias is not None:
-            fq.bias.copy_(_expect(tensors, f"{disk}.bias", (out_f,), "float"))
-            used.add(f"{disk}.bias")
-        _zero_points_are_zero(tensors, disk)
-        used |= {f"{disk}.{leaf}" for leaf in _ZERO_POINTS}
-        replacements[name] = fq
-
-    dense: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    quantized_prefixes = tuple(f"{n}." for n in quantized)
+    replacements = {n: _fake_quant(tensors, *target, dtype, used) for n, target in targets.items()}
+    dense: list[tuple[torch.Tensor, torch.Tensor]] = []
+    prefixes = tuple(f"{n}." for n in targets)
     # named_parameters/buffers list tied tensors once, under the name the checkpoint stores
     for key, param in [*model.named_parameters(), *_persistent_buffers(model)]:
-        if key.startswith(quantized_prefixes):
-            continue
-        disk = names.to_disk(key, model_type)
-        dense[key] = (param, _expect(tensors, disk, tuple(param.shape), "float"))
-        used.add(disk)
+        if not key.startswith(prefixes):
+            disk = names.to_disk(key, model_type)
+            dense.append((param, _expect(tensors, disk, tuple(param.shape), "float")))
+            used.add(disk)
     unexpected = sorted(set(tensors) - used)
     if unexpected:
         raise CheckpointError(
@@ -200,7 +211,7 @@ def load(
         )
 
     with torch.no_grad():
-        for param, value in dense.values():
+        for param, value in dense:
             param.copy_(value)
     for name, fq in replacements.items():
         set_submodule(model, name, fq)

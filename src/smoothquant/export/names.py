@@ -23,10 +23,6 @@ from torch import nn
 CHECKPOINT_RENAMES: dict[str, tuple[tuple[str, str], ...]] = {
     "mixtral": ((r"\.mlp\.(experts|gate)(\.|$)", r".block_sparse_moe.\1\2"),),
 }
-# the inverse, for reading
-_LOAD_RENAMES: dict[str, tuple[tuple[str, str], ...]] = {
-    "mixtral": ((r"\.block_sparse_moe\.(experts|gate)(\.|$)", r".mlp.\1\2"),),
-}
 
 FUSED_SIBLINGS: tuple[frozenset[str], ...] = (
     frozenset({"q_proj", "k_proj", "v_proj"}),
@@ -44,11 +40,9 @@ def _apply(name: str, rules: tuple[tuple[str, str], ...]) -> str:
 
 
 def to_disk(name: str, model_type: str | None) -> str:
+    """The checkpoint name of an in-memory module or tensor name (reading maps the model's names
+    forward too, so no inverse table is needed)."""
     return _apply(name, CHECKPOINT_RENAMES.get(model_type or "", ()))
-
-
-def from_disk(name: str, model_type: str | None) -> str:
-    return _apply(name, _LOAD_RENAMES.get(model_type or "", ()))
 
 
 def sibling_sets(names: list[str]) -> list[list[str]]:
