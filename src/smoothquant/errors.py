@@ -33,3 +33,7 @@ class QuantizationError(SmoothQuantError):
 
 class ArgumentError(SmoothQuantError, ValueError):
     """An argument is out of its valid range (alpha outside [0, 1], batch size < 1...)."""
+
+
+class BackendError(SmoothQuantError):
+    """The INT8 runtime cannot run on the requested backend (no GPU, no Triton, wrong device)."""

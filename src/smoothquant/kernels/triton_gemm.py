@@ -1,0 +1,179 @@
+"""The W8A8 GEMM in Triton: int8 x int8 -> int32 on the tensor cores, dequantized in the epilogue.
+
+``C[m, n] = cast(acc[m, n] * a_scale[m] * b_scale[n] + bias[n])`` with ``acc`` the exact int32 dot
+product. ``A`` is ``[M, K]`` int8 (packed activation rows), ``B`` the weight ``[N, K]`` int8,
+both K-contiguous: the layout Hopper's int8 ``wgmma`` reads from shared memory without a
+transpose, and the one ``torch._int_mm`` on CPU runs fastest as ``B.t()``. Both are read through
+TMA tensor descriptors (row strides padded to 16 bytes at load time), so odd M, N and K need no
+special path: out-of-range boxes read zeros.
+
+One kernel covers all sizes; a :class:`GemmConfig` picks tile shape, pipelining depth, a
+persistent grid (programs loop over tiles, so the next tile's loads overlap this tile's epilogue)
+and split-K for small M, where ``N / BLOCK_N`` tiles are too few to keep every SM streaming
+weights. Split-K partial sums are added exactly in an int32 workspace; the last split of a tile
+(counted with an atomic) applies the epilogue and clears the workspace for the next call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
+
+
+@dataclass(frozen=True)
+class GemmConfig:
+    block_m: int
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+    group_m: int = 8
+    split_k: int = 1
+    persistent: bool = False
+
+    def __str__(self) -> str:
+        s = f"{self.block_m}x{self.block_n}x{self.block_k} w{self.num_warps} s{self.num_stages}"
+        return s + (f" sk{self.split_k}" if self.split_k > 1 else "") + (" P" if self.persistent else "")
+
+
+def choose_config(m: int, n: int, k: int) -> GemmConfig:
+    """Tile shapes by problem size (H100 measurements in docs/kernels-notes.md)."""
+    if m <= 16:
+        tiles = triton.cdiv(n, 64)
+        return GemmConfig(16, 64, 128, 4, 6, split_k=max(1, min(4, 264 // tiles)))
+    if m <= 64:
+        return GemmConfig(64, 64, 128, 4, 5, split_k=2 if n * k <= 4096 * 4096 else 1)
+    if m <= 256:
+        return GemmConfig(128, 128, 128, 8, 4)
+    return GemmConfig(128, 256, 128, 8, 3, persistent=True)
+
+
+@triton.jit
+def _tile_coords(tile, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
+    # grouped ordering: GROUP_M row-tiles share each weight column-tile while it is in L2
+    group = GROUP_M * num_pid_n
+    first_m = (tile // group) * GROUP_M
+    size_m = tl.minimum(num_pid_m - first_m, GROUP_M)
+    return first_m + (tile % group) % size_m, (tile % group) // size_m
+
+
+@triton.jit
+def _epilogue(acc, offs_m, offs_n, M, N, a_scale_ptr, stride_as, b_scale_ptr, bias_ptr, c_ptr,
+              stride_cm, HAS_BIAS: tl.constexpr):  # fmt: skip
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    sa = tl.load(a_scale_ptr + offs_m * stride_as, mask=mask_m, other=0.0)
+    sb = tl.load(b_scale_ptr + offs_n, mask=mask_n, other=0.0)
+    out = acc.to(tl.float32) * sa[:, None] * sb[None, :]
+    if HAS_BIAS:
+        out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    c = c_ptr + offs_m[:, None].to(tl.int64) * stride_cm + offs_n[None, :]
+    tl.store(c, out.to(c_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def _w8a8_gemm_kernel(
+    a_desc, b_desc, a_scale_ptr, stride_as, b_scale_ptr, bias_ptr, c_ptr, stride_cm, ws_ptr, lock_ptr,
+    M, N, K, num_programs,
+    HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr,
+):  # fmt: skip
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    k_tiles = tl.cdiv(K, BLOCK_K)
+    k_per_split = tl.cdiv(k_tiles, SPLIT_K)
+    for work in tl.range(tl.program_id(0), num_pid_m * num_pid_n * SPLIT_K, num_programs, flatten=True):
+        tile = work // SPLIT_K
+        pid_m, pid_n = _tile_coords(tile, num_pid_m, num_pid_n, GROUP_M)
+        k_lo = (work % SPLIT_K) * k_per_split
+        k_hi = tl.minimum(k_lo + k_per_split, k_tiles)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+        for kt in range(k_lo, k_hi):
+            a = a_desc.load([pid_m * BLOCK_M, kt * BLOCK_K])
+            b = b_desc.load([pid_n * BLOCK_N, kt * BLOCK_K])
+            acc = tl.dot(a, b.T, acc, out_dtype=tl.int32)
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        if SPLIT_K == 1:
+            _epilogue(acc, offs_m, offs_n, M, N, a_scale_ptr, stride_as, b_scale_ptr, bias_ptr, c_ptr,
+                      stride_cm, HAS_BIAS)  # fmt: skip
+        else:
+            mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+            ws = ws_ptr + offs_m[:, None].to(tl.int64) * N + offs_n[None, :]
+            tl.atomic_add(ws, acc, mask=mask, sem="release")
+            tl.debug_barrier()
+            if tl.atomic_add(lock_ptr + tile, 1, sem="acq_rel") == SPLIT_K - 1:
+                total = tl.load(ws, mask=mask, other=0, cache_modifier=".cg")
+                tl.store(ws, tl.zeros_like(total), mask=mask)
+                tl.store(lock_ptr + tile, 0)
+                _epilogue(total, offs_m, offs_n, M, N, a_scale_ptr, stride_as, b_scale_ptr, bias_ptr,
+                          c_ptr, stride_cm, HAS_BIAS)  # fmt: skip
+
+
+_WORKSPACE: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _workspace(device: torch.device, numel: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Zeroed int32 partial sums and tile counters for split-K, grown outside graph capture only."""
+    ws = _WORKSPACE.get(device)
+    if ws is None or ws[0].numel() < numel or ws[1].numel() < tiles:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            return None
+        size = max(numel, 0 if ws is None else ws[0].numel())
+        ntiles = max(tiles, 0 if ws is None else ws[1].numel())
+        ws = (
+            torch.zeros(size, dtype=torch.int32, device=device),
+            torch.zeros(ntiles, dtype=torch.int32, device=device),
+        )
+        _WORKSPACE[device] = ws
+    return ws
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 2  # the interpreter: still exercise the persistent loop
+
+
+def int8_gemm(
+    a: torch.Tensor,
+    a_scale: torch.Tensor,
+    b: torch.Tensor,
+    b_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+    config: GemmConfig | None = None,
+) -> torch.Tensor:
+    """``a [M, K]`` int8, ``a_scale [M]`` fp32 (any stride), ``b [N, K]`` int8, ``b_scale [N]``
+    fp32, ``bias [N]`` or None; row strides of ``a`` and ``b`` must be multiples of 16 bytes."""
+    m, k = a.shape
+    n = b.shape[0]
+    c = torch.empty((m, n), dtype=out_dtype, device=a.device)
+    if m == 0 or n == 0:
+        return c
+    cfg = config or choose_config(m, n, k)
+    tiles = triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n)
+    ws = lock = c
+    if cfg.split_k > 1:
+        got = _workspace(a.device, m * n, tiles)
+        if got is None:
+            cfg = GemmConfig(
+                cfg.block_m, cfg.block_n, cfg.block_k, cfg.num_warps, cfg.num_stages, cfg.group_m
+            )
+        else:
+            ws, lock = got
+    work = tiles * cfg.split_k
+    programs = min(work, _num_sms(a.device)) if cfg.persistent else work
+    a_desc = TensorDescriptor.from_tensor(a, [cfg.block_m, cfg.block_k])
+    b_desc = TensorDescriptor.from_tensor(b, [cfg.block_n, cfg.block_k])
+    _w8a8_gemm_kernel[(programs,)](
+        a_desc, b_desc, a_scale, a_scale.stride(0), b_scale, b_scale if bias is None else bias, c, c.stride(0),
+        ws, lock, m, n, k, programs, HAS_BIAS=bias is not None, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, SPLIT_K=cfg.split_k, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )  # fmt: skip
+    return c

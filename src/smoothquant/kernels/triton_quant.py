@@ -1,0 +1,153 @@
+"""Triton kernels that turn floating-point rows into INT8 rows (activation quantization).
+
+They reproduce ``quantization/quantizer.py`` bit for bit: ``scale = max(absmax, 1e-8) / 127`` and
+``q = clamp(round_half_even(x / scale), -127, 127)`` in fp32, with IEEE division (``div_rn``; a
+plain ``/`` compiles to an approximate division on NVIDIA GPUs) and rounding by adding and
+subtracting ``1.5 * 2**23`` after the clamp (exact round-half-even for ``|v| <= 127``, and it runs
+in Triton's CPU interpreter, where ``libdevice.rint`` does not).
+
+They write packed rows (``kernels/packing.py``: integers and fp32 scale in one int8 tensor). A
+row holding NaN or inf gets a NaN scale, so the GEMM writes NaN for it, as a floating-point model
+would, without a host synchronisation (the reference raises instead).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from smoothquant.kernels.packing import PACK_ALIGN, packed_width
+from smoothquant.quantization.quantizer import MIN_ABSMAX
+from smoothquant.quantization.scheme import QMAX
+
+_PACK_ALIGN = tl.constexpr(PACK_ALIGN)
+# jit code reads module globals only as constexpr
+_ROUND_MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2**23: x + M - M rounds fp32 x to an integer, half to even
+_QMAX = tl.constexpr(float(QMAX))
+_MIN_ABSMAX = tl.constexpr(MIN_ABSMAX)
+
+
+@triton.jit
+def _round_clamp(v):
+    v = tl.minimum(tl.maximum(v, -_QMAX), _QMAX)
+    return ((v + _ROUND_MAGIC) - _ROUND_MAGIC).to(tl.int8)
+
+
+@triton.jit
+def _nonfinite(x):
+    return (x != x) | (tl.abs(x) == float("inf"))
+
+
+@triton.jit
+def _store_scale(q_row, stride_q, scale):
+    # the scale sits right after the padded integers: fp32 column (stride_q - 16) / 4 of the row
+    tl.store(q_row.to(tl.pointer_type(tl.float32), bitcast=True) + (stride_q - _PACK_ALIGN) // 4, scale)
+
+
+@triton.jit
+def _quant_rows_kernel(
+    x_ptr, q_ptr, static_ptr, K, stride_x, stride_q, DYNAMIC: tl.constexpr, BLOCK_K: tl.constexpr
+):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK_K)
+    x_row = x_ptr + row * stride_x
+    q_row = q_ptr + row * stride_q
+    absmax = tl.zeros([BLOCK_K], dtype=tl.float32)
+    bad = tl.zeros([BLOCK_K], dtype=tl.int1)
+    for k0 in range(0, K, BLOCK_K):
+        x = tl.load(x_row + k0 + cols, mask=k0 + cols < K, other=0.0).to(tl.float32)
+        absmax = tl.maximum(absmax, tl.abs(x))
+        bad = bad | _nonfinite(x)
+    if DYNAMIC:
+        scale = tl.math.div_rn(tl.maximum(tl.max(absmax, 0), _MIN_ABSMAX), _QMAX)
+    else:
+        scale = tl.load(static_ptr)
+    for k0 in range(0, K, BLOCK_K):
+        x = tl.load(x_row + k0 + cols, mask=k0 + cols < K, other=0.0).to(tl.float32)
+        tl.store(q_row + k0 + cols, _round_clamp(tl.math.div_rn(x, scale)), mask=k0 + cols < K)
+    _store_scale(q_row, stride_q, tl.where(tl.max(bad.to(tl.int32), 0) > 0, float("nan"), scale))
+
+
+@triton.jit
+def _norm_quant_kernel(
+    x_ptr, w_ptr, b_ptr, q_ptr, static_ptr, K, stride_x, stride_q, eps, w_offset,
+    RMS: tl.constexpr, HAS_BIAS: tl.constexpr, DYNAMIC: tl.constexpr,
+    ROUND_BF16: tl.constexpr, ROUND_F16: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK_K)
+    mask = cols < K
+    x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+    if RMS:
+        y = x * tl.math.rsqrt(tl.sum(x * x, 0) / K + eps)
+    else:
+        d = tl.where(mask, x - tl.sum(x, 0) / K, 0.0)
+        y = d * tl.math.rsqrt(tl.sum(d * d, 0) / K + eps)
+    y = y * (w_offset + tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32))
+    if HAS_BIAS:
+        y = y + tl.load(b_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    # the reference quantizes the norm's output in the model's dtype
+    if ROUND_BF16:
+        y = y.to(tl.bfloat16).to(tl.float32)
+    if ROUND_F16:
+        y = y.to(tl.float16).to(tl.float32)
+    if DYNAMIC:
+        scale = tl.math.div_rn(tl.maximum(tl.max(tl.abs(y), 0), _MIN_ABSMAX), _QMAX)
+    else:
+        scale = tl.load(static_ptr)
+    q_row = q_ptr + row * stride_q
+    tl.store(q_row + cols, _round_clamp(tl.math.div_rn(y, scale)), mask=mask)
+    _store_scale(q_row, stride_q, tl.where(tl.max(_nonfinite(y).to(tl.int32), 0) > 0, float("nan"), scale))
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    x2 = x.reshape(-1, x.shape[-1])
+    return x2 if x2.stride(-1) == 1 else x2.contiguous()
+
+
+def quantize_rows(x: torch.Tensor, static_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Packed INT8 rows of ``x [..., K]``: per-token dynamic scales, or the fp32 ``static_scale``."""
+    x2 = _rows(x)
+    m, k = x2.shape
+    width = packed_width(k)
+    packed = torch.empty((m, width), dtype=torch.int8, device=x.device)
+    if m:
+        _quant_rows_kernel[(m,)](
+            x2, packed, x2 if static_scale is None else static_scale, k, x2.stride(0), width,
+            DYNAMIC=static_scale is None,
+            BLOCK_K=min(triton.next_power_of_2(k), 4096), num_warps=4 if k <= 2048 else 8,
+        )  # fmt: skip
+    return packed.reshape(*x.shape[:-1], width)
+
+
+def norm_quantize_rows(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    eps: float,
+    *,
+    rms: bool,
+    weight_offset: float = 0.0,
+    static_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """LayerNorm/RMSNorm of ``x`` quantized to packed INT8 rows, in one pass over ``x``.
+
+    The norm is computed in fp32 and rounded once to ``x``'s dtype, the tensor the reference
+    would quantize; ``weight_offset`` is 1 for Gemma-style ``(1 + w)`` scales.
+    """
+    x2 = _rows(x)
+    m, k = x2.shape
+    width = packed_width(k)
+    packed = torch.empty((m, width), dtype=torch.int8, device=x.device)
+    if m:
+        block = triton.next_power_of_2(k)
+        _norm_quant_kernel[(m,)](
+            x2, weight, weight if bias is None else bias, packed,
+            weight if static_scale is None else static_scale, k, x2.stride(0), width, eps, weight_offset,
+            RMS=rms, HAS_BIAS=bias is not None,
+            DYNAMIC=static_scale is None, ROUND_BF16=x.dtype == torch.bfloat16,
+            ROUND_F16=x.dtype == torch.float16, BLOCK_K=block,
+            num_warps=min(max(block // 512, 1), 16),
+        )  # fmt: skip
+    return packed.reshape(*x.shape[:-1], width)
