@@ -62,8 +62,10 @@ def _tile_coords(tile, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
 
 
 @triton.jit
-def _epilogue(acc, offs_m, offs_n, M, N, a_scale_ptr, stride_as, b_scale_ptr, bias_ptr, c_ptr,
-              stride_cm, HAS_BIAS: tl.constexpr):  # fmt: skip
+def _epilogue(acc, m0, n0, M, N, a_scale_ptr, stride_as, b_scale_ptr, bias_ptr, c_ptr, c_desc, stride_cm,
+              HAS_BIAS: tl.constexpr, TMA_STORE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_n = n0 + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
     mask_n = offs_n < N
     sa = tl.load(a_scale_ptr + offs_m * stride_as, mask=mask_m, other=0.0)
@@ -71,22 +73,26 @@ def _epilogue(acc, offs_m, offs_n, M, N, a_scale_ptr, stride_as, b_scale_ptr, bi
     out = acc.to(tl.float32) * sa[:, None] * sb[None, :]
     if HAS_BIAS:
         out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    c = c_ptr + offs_m[:, None].to(tl.int64) * stride_cm + offs_n[None, :]
-    tl.store(c, out.to(c_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+    out = out.to(c_ptr.dtype.element_ty)
+    if TMA_STORE:  # no per-element addresses: frees the registers a 128x256 tile needs
+        c_desc.store([m0, n0], out)
+    else:
+        c = c_ptr + offs_m[:, None].to(tl.int64) * stride_cm + offs_n[None, :]
+        tl.store(c, out, mask=mask_m[:, None] & mask_n[None, :])
 
 
 @triton.jit
 def _w8a8_gemm_kernel(
-    a_desc, b_desc, a_scale_ptr, stride_as, b_scale_ptr, bias_ptr, c_ptr, stride_cm, ws_ptr, lock_ptr,
-    M, N, K, num_programs,
-    HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr,
+    a_desc, b_desc, a_scale_ptr, stride_as, b_scale_ptr, bias_ptr, c_ptr, c_desc, stride_cm, ws_ptr,
+    lock_ptr, M, N, K, num_programs,
+    HAS_BIAS: tl.constexpr, TMA_STORE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr, FLATTEN: tl.constexpr,
 ):  # fmt: skip
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
     k_tiles = tl.cdiv(K, BLOCK_K)
     k_per_split = tl.cdiv(k_tiles, SPLIT_K)
-    for work in tl.range(tl.program_id(0), num_pid_m * num_pid_n * SPLIT_K, num_programs, flatten=True):
+    for work in tl.range(tl.program_id(0), num_pid_m * num_pid_n * SPLIT_K, num_programs, flatten=FLATTEN):
         tile = work // SPLIT_K
         pid_m, pid_n = _tile_coords(tile, num_pid_m, num_pid_n, GROUP_M)
         k_lo = (work % SPLIT_K) * k_per_split
@@ -96,12 +102,14 @@ def _w8a8_gemm_kernel(
             a = a_desc.load([pid_m * BLOCK_M, kt * BLOCK_K])
             b = b_desc.load([pid_n * BLOCK_N, kt * BLOCK_K])
             acc = tl.dot(a, b.T, acc, out_dtype=tl.int32)
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        m0 = pid_m * BLOCK_M
+        n0 = pid_n * BLOCK_N
         if SPLIT_K == 1:
-            _epilogue(acc, offs_m, offs_n, M, N, a_scale_ptr, stride_as, b_scale_ptr, bias_ptr, c_ptr,
-                      stride_cm, HAS_BIAS)  # fmt: skip
+            _epilogue(acc, m0, n0, M, N, a_scale_ptr, stride_as, b_scale_ptr, bias_ptr, c_ptr, c_desc, stride_cm,
+                      HAS_BIAS, TMA_STORE, BLOCK_M, BLOCK_N)  # fmt: skip
         else:
+            offs_m = m0 + tl.arange(0, BLOCK_M)
+            offs_n = n0 + tl.arange(0, BLOCK_N)
             mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
             ws = ws_ptr + offs_m[:, None].to(tl.int64) * N + offs_n[None, :]
             tl.atomic_add(ws, acc, mask=mask, sem="release")
@@ -110,8 +118,8 @@ def _w8a8_gemm_kernel(
                 total = tl.load(ws, mask=mask, other=0, cache_modifier=".cg")
                 tl.store(ws, tl.zeros_like(total), mask=mask)
                 tl.store(lock_ptr + tile, 0)
-                _epilogue(total, offs_m, offs_n, M, N, a_scale_ptr, stride_as, b_scale_ptr, bias_ptr,
-                          c_ptr, stride_cm, HAS_BIAS)  # fmt: skip
+                _epilogue(total, m0, n0, M, N, a_scale_ptr, stride_as, b_scale_ptr, bias_ptr, c_ptr, c_desc,
+                          stride_cm, HAS_BIAS, TMA_STORE, BLOCK_M, BLOCK_N)  # fmt: skip
 
 
 _WORKSPACE: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -170,10 +178,13 @@ def int8_gemm(
     programs = min(work, _num_sms(a.device)) if cfg.persistent else work
     a_desc = TensorDescriptor.from_tensor(a, [cfg.block_m, cfg.block_k])
     b_desc = TensorDescriptor.from_tensor(b, [cfg.block_n, cfg.block_k])
+    tma_store = cfg.split_k == 1 and (n * c.element_size()) % 16 == 0
+    c_desc = TensorDescriptor.from_tensor(c, [cfg.block_m, cfg.block_n]) if tma_store else None
     _w8a8_gemm_kernel[(programs,)](
-        a_desc, b_desc, a_scale, a_scale.stride(0), b_scale, b_scale if bias is None else bias, c, c.stride(0),
-        ws, lock, m, n, k, programs, HAS_BIAS=bias is not None, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, SPLIT_K=cfg.split_k, num_warps=cfg.num_warps,
+        a_desc, b_desc, a_scale, a_scale.stride(0), b_scale, b_scale if bias is None else bias, c, c_desc,
+        c.stride(0), ws, lock, m, n, k, programs, HAS_BIAS=bias is not None, TMA_STORE=tma_store, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, SPLIT_K=cfg.split_k, FLATTEN=cfg.persistent,
+        num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )  # fmt: skip
     return c

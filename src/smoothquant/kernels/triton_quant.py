@@ -40,6 +40,15 @@ def _nonfinite(x):
 
 
 @triton.jit
+def _round_to_bf16(y):
+    # fp32 -> bf16 -> fp32, round half to even, in integer ops: Triton's interpreter truncates
+    # in .to(tl.bfloat16), the GPU rounds; this is exact on both
+    bits = y.to(tl.uint32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _store_scale(q_row, stride_q, scale):
     # the scale sits right after the padded integers: fp32 column (stride_q - 16) / 4 of the row
     tl.store(q_row.to(tl.pointer_type(tl.float32), bitcast=True) + (stride_q - _PACK_ALIGN) // 4, scale)
@@ -89,7 +98,7 @@ def _norm_quant_kernel(
         y = y + tl.load(b_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     # the reference quantizes the norm's output in the model's dtype
     if ROUND_BF16:
-        y = y.to(tl.bfloat16).to(tl.float32)
+        y = _round_to_bf16(y)
     if ROUND_F16:
         y = y.to(tl.float16).to(tl.float32)
     if DYNAMIC:
