@@ -123,7 +123,7 @@ def run(
 ) -> list[GemmRow]:
     """Time every method (and, with ``sweep``, every candidate GEMM config) on every shape.
 
-    ``sweep`` maps ``"small"`` (M <= 16), ``"medium"`` (M <= 512) and ``"large"`` to config lists.
+    ``sweep`` maps each :func:`bucket` of M to a list of configs.
     """
     device = torch.device("cuda")
     rows = []
@@ -140,8 +140,7 @@ def run(
                     except Exception as e:  # a baseline the installed torch cannot run
                         log(f"  {method} failed at M={m} K={k} N={n}: {type(e).__name__}: {e}")
                 if sweep:
-                    bucket = "small" if m <= 16 else "medium" if m <= 512 else "large"
-                    for cfg in sweep[bucket]:
+                    for cfg in sweep[bucket(m)]:
                         try:
                             row.configs[str(cfg)] = cuda_time_ms(
                                 [c.fn("ours_gemm", cfg) for c in cases], reps=reps
@@ -176,39 +175,47 @@ def format_row(r: GemmRow) -> str:
     )
 
 
+def bucket(m: int) -> str:
+    return "small" if m <= 16 else "m128" if m <= 128 else "m512" if m <= 512 else "large"
+
+
 def sweep_configs() -> dict[str, list]:
     """Candidate GEMM configs per M bucket for ``--sweep`` (the winners go into ``choose_config``)."""
     from smoothquant.kernels.triton_gemm import GemmConfig as C
 
     return {
         "small": [
-            C(16, 32, 128, 4, 6),
-            C(16, 64, 128, 4, 6),
             C(16, 64, 256, 4, 4),
-            C(16, 64, 128, 4, 6, split_k=2),
-            C(16, 64, 128, 4, 6, split_k=4),
-            C(16, 128, 128, 4, 6, split_k=4),
+            C(16, 64, 256, 4, 6),
+            C(16, 32, 256, 4, 4),
+            C(16, 32, 256, 4, 6),
+            C(16, 16, 256, 4, 8),
+            C(16, 32, 128, 4, 8),
             C(16, 64, 256, 4, 4, split_k=2),
             C(16, 128, 256, 4, 4, split_k=4),
-            C(16, 32, 256, 4, 4, split_k=2),
         ],
-        "medium": [
+        "m128": [
             C(64, 64, 128, 4, 5),
+            C(64, 64, 256, 4, 4),
             C(64, 128, 128, 4, 4),
             C(64, 64, 128, 4, 5, split_k=2),
-            C(128, 128, 128, 8, 4),
-            C(128, 256, 128, 8, 3),
-            C(128, 128, 128, 8, 4, persistent=True),
+            C(64, 128, 128, 4, 4, split_k=2),
+            C(128, 64, 128, 4, 4),
+            C(64, 32, 256, 4, 4),
+        ],
+        "m512": [
             C(64, 256, 128, 4, 4),
+            C(128, 128, 128, 8, 4, persistent=True),
+            C(128, 128, 128, 4, 4, persistent=True),
+            C(64, 256, 128, 4, 4, persistent=True),
+            C(128, 256, 128, 8, 3, persistent=True),
+            C(128, 128, 128, 8, 4, split_k=2),
+            C(64, 128, 128, 4, 4),
         ],
         "large": [
             C(128, 256, 128, 8, 3, persistent=True),
-            C(128, 256, 128, 8, 4, persistent=True),
+            C(128, 256, 128, 8, 3, group_m=4, persistent=True),
             C(128, 256, 128, 8, 3),
-            C(128, 128, 128, 8, 4, persistent=True),
-            C(128, 128, 128, 4, 4, persistent=True),
             C(256, 128, 128, 8, 3, persistent=True),
-            C(128, 256, 64, 8, 5, persistent=True),
-            C(128, 256, 128, 8, 3, group_m=16, persistent=True),
         ],
     }

@@ -9,9 +9,9 @@ special path: out-of-range boxes read zeros.
 
 One kernel covers all sizes; a :class:`GemmConfig` picks tile shape, pipelining depth, a
 persistent grid (programs loop over tiles, so the next tile's loads overlap this tile's epilogue)
-and split-K for small M, where ``N / BLOCK_N`` tiles are too few to keep every SM streaming
-weights. Split-K partial sums are added exactly in an int32 workspace; the last split of a tile
-(counted with an atomic) applies the epilogue and clears the workspace for the next call.
+and split-K for small M, where ``M / BLOCK_M * N / BLOCK_N`` tiles are too few to keep every SM
+busy. Split-K writes exact int32 partial sums; a second small kernel adds them in a fixed order
+and applies the epilogue (deterministic, and no inter-program synchronisation to get wrong).
 """
 
 from __future__ import annotations
@@ -41,14 +41,16 @@ class GemmConfig:
 
 
 def choose_config(m: int, n: int, k: int) -> GemmConfig:
-    """Tile shapes by problem size (H100 measurements in docs/kernels-notes.md)."""
+    """Tile shapes by problem size: the fastest of ``smoothquant bench gemm --sweep`` on an H100
+    for Llama-2 shapes (docs/kernels-notes.md)."""
     if m <= 16:
-        tiles = triton.cdiv(n, 64)
-        return GemmConfig(16, 64, 128, 4, 6, split_k=max(1, min(4, 264 // tiles)))
-    if m <= 64:
-        return GemmConfig(64, 64, 128, 4, 5, split_k=2 if n * k <= 4096 * 4096 else 1)
-    if m <= 256:
-        return GemmConfig(128, 128, 128, 8, 4)
+        return GemmConfig(16, 64, 256, 4, 4)
+    if m <= 128:
+        return GemmConfig(64, 64, 128, 4, 5)
+    if m <= 512:
+        return (
+            GemmConfig(128, 128, 128, 8, 4, persistent=True) if n > 8192 else GemmConfig(64, 256, 128, 4, 4)
+        )
     return GemmConfig(128, 256, 128, 8, 3, persistent=True)
 
 
@@ -84,21 +86,20 @@ def _epilogue(acc, m0, n0, M, N, a_scale_ptr, stride_as, b_scale_ptr, bias_ptr, 
 @triton.jit
 def _w8a8_gemm_kernel(
     a_desc, b_desc, a_scale_ptr, stride_as, b_scale_ptr, bias_ptr, c_ptr, c_desc, stride_cm, ws_ptr,
-    lock_ptr, M, N, K, num_programs,
-    HAS_BIAS: tl.constexpr, TMA_STORE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr, FLATTEN: tl.constexpr,
+    M, N, K, num_programs,
+    HAS_BIAS: tl.constexpr, TMA_STORE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr, FLATTEN: tl.constexpr,
 ):  # fmt: skip
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
     k_tiles = tl.cdiv(K, BLOCK_K)
     k_per_split = tl.cdiv(k_tiles, SPLIT_K)
     for work in tl.range(tl.program_id(0), num_pid_m * num_pid_n * SPLIT_K, num_programs, flatten=FLATTEN):
-        tile = work // SPLIT_K
-        pid_m, pid_n = _tile_coords(tile, num_pid_m, num_pid_n, GROUP_M)
-        k_lo = (work % SPLIT_K) * k_per_split
-        k_hi = tl.minimum(k_lo + k_per_split, k_tiles)
+        split = work % SPLIT_K
+        pid_m, pid_n = _tile_coords(work // SPLIT_K, num_pid_m, num_pid_n, GROUP_M)
+        k_lo = split * k_per_split
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
-        for kt in range(k_lo, k_hi):
+        for kt in range(k_lo, tl.minimum(k_lo + k_per_split, k_tiles)):
             a = a_desc.load([pid_m * BLOCK_M, kt * BLOCK_K])
             b = b_desc.load([pid_n * BLOCK_N, kt * BLOCK_K])
             acc = tl.dot(a, b.T, acc, out_dtype=tl.int32)
@@ -110,35 +111,26 @@ def _w8a8_gemm_kernel(
         else:
             offs_m = m0 + tl.arange(0, BLOCK_M)
             offs_n = n0 + tl.arange(0, BLOCK_N)
-            mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
-            ws = ws_ptr + offs_m[:, None].to(tl.int64) * N + offs_n[None, :]
-            tl.atomic_add(ws, acc, mask=mask, sem="release")
-            tl.debug_barrier()
-            if tl.atomic_add(lock_ptr + tile, 1, sem="acq_rel") == SPLIT_K - 1:
-                total = tl.load(ws, mask=mask, other=0, cache_modifier=".cg")
-                tl.store(ws, tl.zeros_like(total), mask=mask)
-                tl.store(lock_ptr + tile, 0)
-                _epilogue(total, m0, n0, M, N, a_scale_ptr, stride_as, b_scale_ptr, bias_ptr, c_ptr, c_desc,
-                          stride_cm, HAS_BIAS, TMA_STORE, BLOCK_M, BLOCK_N)  # fmt: skip
+            ws = ws_ptr + (split * M + offs_m[:, None]).to(tl.int64) * N + offs_n[None, :]
+            tl.store(ws, acc, mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
 
 
-_WORKSPACE: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
-
-
-def _workspace(device: torch.device, numel: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Zeroed int32 partial sums and tile counters for split-K, grown outside graph capture only."""
-    ws = _WORKSPACE.get(device)
-    if ws is None or ws[0].numel() < numel or ws[1].numel() < tiles:
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            return None
-        size = max(numel, 0 if ws is None else ws[0].numel())
-        ntiles = max(tiles, 0 if ws is None else ws[1].numel())
-        ws = (
-            torch.zeros(size, dtype=torch.int32, device=device),
-            torch.zeros(ntiles, dtype=torch.int32, device=device),
-        )
-        _WORKSPACE[device] = ws
-    return ws
+@triton.jit
+def _split_k_reduce_kernel(
+    ws_ptr, a_scale_ptr, stride_as, b_scale_ptr, bias_ptr, c_ptr, stride_cm, M, N,
+    HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    m0 = tl.program_id(0) * BLOCK_M
+    n0 = tl.program_id(1) * BLOCK_N
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+    ws = ws_ptr + offs_m[:, None].to(tl.int64) * N + offs_n[None, :]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    for split in tl.static_range(SPLIT_K):
+        acc += tl.load(ws + (split * M).to(tl.int64) * N, mask=mask, other=0)
+    _epilogue(acc, m0, n0, M, N, a_scale_ptr, stride_as, b_scale_ptr, bias_ptr, c_ptr, c_ptr, stride_cm,
+              HAS_BIAS, False, BLOCK_M, BLOCK_N)  # fmt: skip
 
 
 def _num_sms(device: torch.device) -> int:
@@ -164,27 +156,24 @@ def int8_gemm(
     if m == 0 or n == 0:
         return c
     cfg = config or choose_config(m, n, k)
-    tiles = triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n)
-    ws = lock = c
-    if cfg.split_k > 1:
-        got = _workspace(a.device, m * n, tiles)
-        if got is None:
-            cfg = GemmConfig(
-                cfg.block_m, cfg.block_n, cfg.block_k, cfg.num_warps, cfg.num_stages, cfg.group_m
-            )
-        else:
-            ws, lock = got
-    work = tiles * cfg.split_k
+    work = triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n) * cfg.split_k
     programs = min(work, _num_sms(a.device)) if cfg.persistent else work
-    a_desc = TensorDescriptor.from_tensor(a, [cfg.block_m, cfg.block_k])
-    b_desc = TensorDescriptor.from_tensor(b, [cfg.block_n, cfg.block_k])
+    ws = torch.empty((cfg.split_k, m, n), dtype=torch.int32, device=a.device) if cfg.split_k > 1 else c
     tma_store = cfg.split_k == 1 and (n * c.element_size()) % 16 == 0
     c_desc = TensorDescriptor.from_tensor(c, [cfg.block_m, cfg.block_n]) if tma_store else None
+    bias_arg = b_scale if bias is None else bias
     _w8a8_gemm_kernel[(programs,)](
-        a_desc, b_desc, a_scale, a_scale.stride(0), b_scale, b_scale if bias is None else bias, c, c_desc,
-        c.stride(0), ws, lock, m, n, k, programs, HAS_BIAS=bias is not None, TMA_STORE=tma_store, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        TensorDescriptor.from_tensor(a, [cfg.block_m, cfg.block_k]),
+        TensorDescriptor.from_tensor(b, [cfg.block_n, cfg.block_k]),
+        a_scale, a_scale.stride(0), b_scale, bias_arg, c, c_desc, c.stride(0), ws, m, n, k, programs,
+        HAS_BIAS=bias is not None, TMA_STORE=tma_store, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, SPLIT_K=cfg.split_k, FLATTEN=cfg.persistent,
-        num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
+    if cfg.split_k > 1:
+        block_m, block_n = min(triton.next_power_of_2(m), 16), 256
+        _split_k_reduce_kernel[(triton.cdiv(m, block_m), triton.cdiv(n, block_n))](
+            ws, a_scale, a_scale.stride(0), b_scale, bias_arg, c, c.stride(0), m, n,
+            HAS_BIAS=bias is not None, SPLIT_K=cfg.split_k, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4,
+        )  # fmt: skip
     return c

@@ -55,27 +55,39 @@ def _store_scale(q_row, stride_q, scale):
 
 
 @triton.jit
+def _row_scale(absmax, static_ptr, DYNAMIC: tl.constexpr):
+    if DYNAMIC:
+        return tl.math.div_rn(tl.maximum(absmax, _MIN_ABSMAX), _QMAX)
+    return tl.load(static_ptr)
+
+
+@triton.jit
 def _quant_rows_kernel(
-    x_ptr, q_ptr, static_ptr, K, stride_x, stride_q, DYNAMIC: tl.constexpr, BLOCK_K: tl.constexpr
-):
+    x_ptr, q_ptr, static_ptr, K, stride_x, stride_q,
+    DYNAMIC: tl.constexpr, BLOCK_K: tl.constexpr, ONE_TILE: tl.constexpr,
+):  # fmt: skip
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK_K)
     x_row = x_ptr + row * stride_x
     q_row = q_ptr + row * stride_q
-    absmax = tl.zeros([BLOCK_K], dtype=tl.float32)
-    bad = tl.zeros([BLOCK_K], dtype=tl.int1)
-    for k0 in range(0, K, BLOCK_K):
-        x = tl.load(x_row + k0 + cols, mask=k0 + cols < K, other=0.0).to(tl.float32)
-        absmax = tl.maximum(absmax, tl.abs(x))
-        bad = bad | _nonfinite(x)
-    if DYNAMIC:
-        scale = tl.math.div_rn(tl.maximum(tl.max(absmax, 0), _MIN_ABSMAX), _QMAX)
+    if ONE_TILE:  # the row stays in registers: x is read once
+        x = tl.load(x_row + cols, mask=cols < K, other=0.0).to(tl.float32)
+        scale = _row_scale(tl.max(tl.abs(x), 0), static_ptr, DYNAMIC)
+        tl.store(q_row + cols, _round_clamp(tl.math.div_rn(x, scale)), mask=cols < K)
+        bad = tl.max(_nonfinite(x).to(tl.int32), 0)
     else:
-        scale = tl.load(static_ptr)
-    for k0 in range(0, K, BLOCK_K):
-        x = tl.load(x_row + k0 + cols, mask=k0 + cols < K, other=0.0).to(tl.float32)
-        tl.store(q_row + k0 + cols, _round_clamp(tl.math.div_rn(x, scale)), mask=k0 + cols < K)
-    _store_scale(q_row, stride_q, tl.where(tl.max(bad.to(tl.int32), 0) > 0, float("nan"), scale))
+        absmax = tl.zeros([BLOCK_K], dtype=tl.float32)
+        nonfinite = tl.zeros([BLOCK_K], dtype=tl.int32)
+        for k0 in range(0, K, BLOCK_K):
+            x = tl.load(x_row + k0 + cols, mask=k0 + cols < K, other=0.0).to(tl.float32)
+            absmax = tl.maximum(absmax, tl.abs(x))
+            nonfinite = tl.maximum(nonfinite, _nonfinite(x).to(tl.int32))
+        scale = _row_scale(tl.max(absmax, 0), static_ptr, DYNAMIC)
+        for k0 in range(0, K, BLOCK_K):
+            x = tl.load(x_row + k0 + cols, mask=k0 + cols < K, other=0.0).to(tl.float32)
+            tl.store(q_row + k0 + cols, _round_clamp(tl.math.div_rn(x, scale)), mask=k0 + cols < K)
+        bad = tl.max(nonfinite, 0)
+    _store_scale(q_row, stride_q, tl.where(bad > 0, float("nan"), scale))
 
 
 @triton.jit
@@ -101,10 +113,7 @@ def _norm_quant_kernel(
         y = _round_to_bf16(y)
     if ROUND_F16:
         y = y.to(tl.float16).to(tl.float32)
-    if DYNAMIC:
-        scale = tl.math.div_rn(tl.maximum(tl.max(tl.abs(y), 0), _MIN_ABSMAX), _QMAX)
-    else:
-        scale = tl.load(static_ptr)
+    scale = _row_scale(tl.max(tl.abs(y), 0), static_ptr, DYNAMIC)
     q_row = q_ptr + row * stride_q
     tl.store(q_row + cols, _round_clamp(tl.math.div_rn(y, scale)), mask=mask)
     _store_scale(q_row, stride_q, tl.where(tl.max(_nonfinite(y).to(tl.int32), 0) > 0, float("nan"), scale))
@@ -121,11 +130,12 @@ def quantize_rows(x: torch.Tensor, static_scale: torch.Tensor | None = None) -> 
     m, k = x2.shape
     width = packed_width(k)
     packed = torch.empty((m, width), dtype=torch.int8, device=x.device)
+    block = min(triton.next_power_of_2(k), 16384)
     if m:
         _quant_rows_kernel[(m,)](
             x2, packed, x2 if static_scale is None else static_scale, k, x2.stride(0), width,
-            DYNAMIC=static_scale is None,
-            BLOCK_K=min(triton.next_power_of_2(k), 4096), num_warps=4 if k <= 2048 else 8,
+            DYNAMIC=static_scale is None, BLOCK_K=block, ONE_TILE=block >= k,
+            num_warps=min(max(block // 512, 1), 16),
         )  # fmt: skip
     return packed.reshape(*x.shape[:-1], width)
 
