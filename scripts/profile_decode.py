@@ -21,7 +21,9 @@ from smoothquant.runtime import convert
 def profile_step(model, batch: int, ctx: int, label: str) -> None:
     cache = StaticCache(config=model.config, max_cache_len=ctx + 16)
     vocab = model.config.vocab_size
-    model(input_ids=torch.randint(0, vocab, (batch, ctx), device="cuda"), past_key_values=cache, use_cache=True)
+    model(
+        input_ids=torch.randint(0, vocab, (batch, ctx), device="cuda"), past_key_values=cache, use_cache=True
+    )
     tok = torch.randint(0, vocab, (batch, 1), device="cuda")
     for _ in range(2):
         model(input_ids=tok, past_key_values=cache, use_cache=True)

@@ -57,8 +57,10 @@ def _store_scale(q_row, stride_q, scale):
 @triton.jit
 def _row_scale(absmax, static_ptr, DYNAMIC: tl.constexpr):
     if DYNAMIC:
-        return tl.math.div_rn(tl.maximum(absmax, _MIN_ABSMAX), _QMAX)
-    return tl.load(static_ptr)
+        scale = tl.math.div_rn(tl.maximum(absmax, _MIN_ABSMAX), _QMAX)
+    else:
+        scale = tl.load(static_ptr).to(tl.float32)
+    return scale
 
 
 @triton.jit
