@@ -132,12 +132,12 @@ def quantize_rows(x: torch.Tensor, static_scale: torch.Tensor | None = None) -> 
     m, k = x2.shape
     width = packed_width(k)
     packed = torch.empty((m, width), dtype=torch.int8, device=x.device)
-    block = min(triton.next_power_of_2(k), 16384)
+    block = triton.next_power_of_2(k)
+    block = block if block <= 8192 else 4096  # wider rows in registers measured slower
     if m:
         _quant_rows_kernel[(m,)](
             x2, packed, x2 if static_scale is None else static_scale, k, x2.stride(0), width,
-            DYNAMIC=static_scale is None, BLOCK_K=block, ONE_TILE=block >= k,
-            num_warps=min(max(block // 512, 1), 16),
+            DYNAMIC=static_scale is None, BLOCK_K=block, ONE_TILE=block >= k, num_warps=8,
         )  # fmt: skip
     return packed.reshape(*x.shape[:-1], width)
 
