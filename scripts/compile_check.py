@@ -50,21 +50,7 @@ def main() -> None:
     configs = {c for cs in sweep_configs().values() for c in cs} | {
         g.choose_config(m, 4096, 4096) for m in (8, 64, 512)
     }
-    sig = {"x_ptr": "*bf16", "stride_xm": "i32", "scale_ptr": "*fp32", "stride_s": "i32", "b_ptr": "*i8", "stride_bn": "i32",
-           "b_scale_ptr": "*fp32", "bias_ptr": "*bf16", "c_ptr": "*bf16", "stride_cm": "i32", "M": "i32", "N": "i32", "K": "i32"}  # fmt: skip
-    for cfg in [c for c in configs if isinstance(c, g.GemvConfig)]:
-        for mode, bm in itertools.product(range(4), (1, 4)):
-            const = {
-                "MODE": mode,
-                "HAS_BIAS": True,
-                "BLOCK_M": bm,
-                "BLOCK_N": cfg.block_n,
-                "BLOCK_K": cfg.block_k,
-            }
-            build(g._w8a8_gemv_kernel, {**sig, "x_ptr": "*i8" if mode == 3 else "*bf16"}, const,
-                  num_warps=cfg.num_warps, num_stages=cfg.num_stages)  # fmt: skip
-        print(f"{cfg!s:32s} OK")
-    for cfg in [c for c in configs if isinstance(c, g.GemmConfig)]:
+    for cfg in configs:
         tma = cfg.split_k == 1
         sig = {
             "a_desc": f"tensordesc<i8[{cfg.block_m},{cfg.block_k}]>", "b_desc": f"tensordesc<i8[{cfg.block_n},{cfg.block_k}]>",

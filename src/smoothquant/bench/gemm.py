@@ -176,29 +176,14 @@ def format_row(r: GemmRow) -> str:
 
 
 def bucket(m: int) -> str:
-    return (
-        "tiny" if m <= 4 else "small" if m <= 16 else "m128" if m <= 128 else "m512" if m <= 512 else "large"
-    )
+    return "small" if m <= 16 else "m128" if m <= 128 else "m512" if m <= 512 else "large"
 
 
 def sweep_configs() -> dict[str, list]:
     """Candidate GEMM configs per M bucket for ``--sweep`` (the winners go into ``choose_config``)."""
     from smoothquant.kernels.triton_gemm import GemmConfig as C
-    from smoothquant.kernels.triton_gemm import GemvConfig as V
 
     return {
-        "tiny": [
-            V(16, 512, 4, 3),
-            V(8, 512, 4, 3),
-            V(32, 256, 4, 3),
-            V(16, 1024, 8, 2),
-            V(32, 512, 8, 3),
-            V(16, 512, 4, 4),
-            V(8, 1024, 4, 3),
-            V(64, 256, 8, 3),
-            C(16, 32, 256, 4, 6),
-            C(16, 64, 256, 4, 4),
-        ],
         "small": [
             C(16, 64, 256, 4, 4),
             C(16, 64, 256, 4, 6),

@@ -23,8 +23,6 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from smoothquant.kernels.triton_quant import _nonfinite, _round_clamp, _row_scale
-
 
 @dataclass(frozen=True)
 class GemmConfig:
@@ -46,7 +44,7 @@ def choose_config(m: int, n: int, k: int) -> GemmConfig:
     """Tile shapes by problem size: the fastest of ``smoothquant bench gemm --sweep`` on an H100
     for Llama-2 shapes (docs/kernels-notes.md)."""
     if m <= 16:
-        return GemmConfig(16, 64, 256, 4, 4) if n >= 8192 else GemmConfig(16, 32, 256, 4, 6)
+        return GemmConfig(16, 32, 256, 4, 6)
     if m <= 128:
         return GemmConfig(64, 128, 128, 4, 4, split_k=1 if n >= 8192 else 2)
     if m <= 512:
@@ -133,103 +131,6 @@ def _split_k_reduce_kernel(
               HAS_BIAS, False, BLOCK_M, BLOCK_N)  # fmt: skip
 
 
-# ---- tiny M (decode): one kernel, quantization included, on the CUDA cores -------------------
-# With M <= 4 the GEMM is a weight stream; a separate activation-quantization launch would cost as
-# much as a tenth of it. Each program quantizes the (short) activation rows itself and dots them
-# with BLOCK_N weight rows. Products are summed in fp32 per BLOCK_K chunk: |sum| <= 1024 * 127 *
-# 127 < 2**24, so every partial sum is an exact integer, and the int32 total is exact.
-MODE_TOKEN, MODE_TENSOR, MODE_STATIC, MODE_INT8 = 0, 1, 2, 3
-_TOKEN, _TENSOR, _INT8 = tl.constexpr(MODE_TOKEN), tl.constexpr(MODE_TENSOR), tl.constexpr(MODE_INT8)
-
-
-@dataclass(frozen=True)
-class GemvConfig:
-    block_n: int = 16
-    block_k: int = 512
-    num_warps: int = 4
-    num_stages: int = 3
-
-    def __str__(self) -> str:
-        return f"gemv n{self.block_n} k{self.block_k} w{self.num_warps} s{self.num_stages}"
-
-
-@triton.jit
-def _w8a8_gemv_kernel(
-    x_ptr, stride_xm, scale_ptr, stride_s, b_ptr, stride_bn, b_scale_ptr, bias_ptr, c_ptr, stride_cm, M, N, K,
-    MODE: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):  # fmt: skip
-    offs_m = tl.arange(0, BLOCK_M)
-    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    cols = tl.arange(0, BLOCK_K)
-    mask_m = offs_m < M
-    mask_n = offs_n < N
-    x_rows = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm
-    if MODE == _TOKEN or MODE == _TENSOR:  # noqa: SIM109 (jit code)
-        absmax = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            x = tl.load(
-                x_rows + k0 + cols[None, :], mask=mask_m[:, None] & (k0 + cols[None, :] < K), other=0.0
-            )
-            absmax = tl.maximum(absmax, tl.abs(x.to(tl.float32)))
-        row_max = tl.max(absmax, 1)
-        if MODE == _TENSOR:
-            row_max = tl.zeros_like(row_max) + tl.max(row_max, 0)
-        scale = _row_scale(row_max, scale_ptr, True)
-    else:
-        scale = tl.load(scale_ptr + offs_m * stride_s, mask=mask_m, other=1.0).to(tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
-    bad = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.int32)
-    w_rows = b_ptr + offs_n[:, None].to(tl.int64) * stride_bn
-    for k0 in range(0, K, BLOCK_K):
-        kmask = k0 + cols < K
-        x = tl.load(x_rows + k0 + cols[None, :], mask=mask_m[:, None] & kmask[None, :], other=0)
-        if MODE == _INT8:
-            q = x.to(tl.float32)
-        else:
-            xf = x.to(tl.float32)
-            bad = tl.maximum(bad, _nonfinite(xf).to(tl.int32))
-            q = _round_clamp(tl.math.div_rn(xf, scale[:, None])).to(tl.float32)
-        w = tl.load(w_rows + k0 + cols[None, :], mask=mask_n[:, None] & kmask[None, :], other=0).to(
-            tl.float32
-        )
-        acc += tl.sum(q[:, None, :] * w[None, :, :], axis=2).to(tl.int32)
-    scale = tl.where(tl.max(bad, 1) > 0, float("nan"), scale)
-    out = acc.to(tl.float32) * scale[:, None] * tl.load(b_scale_ptr + offs_n, mask=mask_n, other=0.0)[None, :]
-    if HAS_BIAS:
-        out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    c = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :]
-    tl.store(c, out.to(c_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
-
-
-def w8a8_gemv(
-    x: torch.Tensor,
-    mode: int,
-    scale: torch.Tensor | None,
-    b: torch.Tensor,
-    b_scale: torch.Tensor,
-    bias: torch.Tensor | None,
-    out_dtype: torch.dtype,
-    config: GemvConfig | None = None,
-) -> torch.Tensor:
-    """``x [M <= 4, K]``: floating point (``mode`` token/tensor dynamic, or static with the fp32
-    ``scale [1]``) or int8 with per-row ``scale [M]`` (MODE_INT8). ``b [N, K]`` int8."""
-    m, k = x.shape
-    n = b.shape[0]
-    cfg = config or GemvConfig()
-    c = torch.empty((m, n), dtype=out_dtype, device=x.device)
-    if scale is None:
-        scale = b_scale  # unused placeholder of the right dtype
-    block_m = triton.next_power_of_2(m)
-    _w8a8_gemv_kernel[(triton.cdiv(n, cfg.block_n),)](
-        x, x.stride(0), scale, scale.stride(0) if mode == MODE_INT8 else 0, b, b.stride(0), b_scale,
-        b_scale if bias is None else bias, c, c.stride(0), m, n, k, MODE=mode, HAS_BIAS=bias is not None,
-        BLOCK_M=block_m, BLOCK_N=cfg.block_n, BLOCK_K=max(cfg.block_k // block_m, 64),  # same registers
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )  # fmt: skip
-    return c
-
-
 def _num_sms(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
@@ -249,8 +150,6 @@ def int8_gemm(
     fp32, ``bias [N]`` or None; row strides of ``a`` and ``b`` must be multiples of 16 bytes."""
     m, k = a.shape
     n = b.shape[0]
-    if 0 < m <= 4 and config is None:  # ops.GEMV_MAX_M
-        return w8a8_gemv(a, MODE_INT8, a_scale, b, b_scale, bias, out_dtype)
     c = torch.empty((m, n), dtype=out_dtype, device=a.device)
     if m == 0 or n == 0:
         return c

@@ -27,7 +27,6 @@ from smoothquant.quantization.quantizer import quantize_activation, scale_from_a
 from smoothquant.quantization.scheme import ActQuant
 
 BACKENDS = ("auto", "triton", "cpu", "reference")
-GEMV_MAX_M = 4  # up to this many rows the Triton backend runs the fused quantize + GEMV kernel
 
 
 def keep_fp32(module: torch.nn.Module, apply, fn, names: tuple[str, ...]) -> None:
@@ -121,14 +120,6 @@ def w8a8_linear(
 ) -> torch.Tensor:
     """A linear layer in INT8: quantize ``x [..., K]`` per ``input_quant``, GEMM, epilogue."""
     x2 = x.reshape(-1, x.shape[-1])
-    if backend == "triton" and x2.shape[0] <= GEMV_MAX_M:  # decode: quantization fused in the GEMV
-        from smoothquant.kernels import triton_gemm as tg
-
-        mode = tg.MODE_STATIC if not input_quant.dynamic else tg.MODE_TOKEN
-        mode = tg.MODE_TENSOR if input_quant.dynamic and input_quant.granularity == "tensor" else mode
-        x2 = x2 if x2.stride(-1) == 1 else x2.contiguous()
-        y = tg.w8a8_gemv(x2, mode, input_scale, qweight, weight_scale, bias, x.dtype)
-        return y.reshape(*x.shape[:-1], qweight.shape[0])
     q, scale = quantize_rows(x2, input_quant, input_scale, backend)
     y = int8_matmul(q, scale, qweight, weight_scale, bias, x.dtype, backend)
     return y.reshape(*x.shape[:-1], qweight.shape[0])
