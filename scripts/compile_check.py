@@ -55,11 +55,11 @@ def main() -> None:
         sig = {
             "a_desc": f"tensordesc<i8[{cfg.block_m},{cfg.block_k}]>", "b_desc": f"tensordesc<i8[{cfg.block_n},{cfg.block_k}]>",
             "a_scale_ptr": "*fp32", "stride_as": "i32", "b_scale_ptr": "*fp32", "bias_ptr": "*bf16", "c_ptr": "*bf16",
-            "c_desc": f"tensordesc<bf16[{cfg.block_m},{cfg.block_n}]>" if tma else "constexpr",
+            "c_desc": f"tensordesc<bf16[{cfg.block_m},{cfg.block_n // (2 if cfg.subtile else 1)}]>" if tma else "constexpr",
             "stride_cm": "i32", "ws_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32", "num_programs": "i32",
         }  # fmt: skip
         const = {"HAS_BIAS": True, "TMA_STORE": tma, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n,
-                 "BLOCK_K": cfg.block_k, "GROUP_M": cfg.group_m, "SPLIT_K": cfg.split_k, "FLATTEN": cfg.persistent}  # fmt: skip
+                 "BLOCK_K": cfg.block_k, "GROUP_M": cfg.group_m, "SPLIT_K": cfg.split_k, "FLATTEN": cfg.persistent, "SUBTILE": cfg.subtile}  # fmt: skip
         if not tma:
             const["c_desc"] = None
             del sig["c_desc"]

@@ -101,6 +101,7 @@ GEMM_CONFIGS = [
     triton_gemm.GemmConfig(16, 16, 32, 4, 2),
     triton_gemm.GemmConfig(32, 16, 64, 4, 2, group_m=2, persistent=True),
     triton_gemm.GemmConfig(16, 32, 32, 4, 2, split_k=3),
+    triton_gemm.GemmConfig(16, 16, 32, 4, 2, persistent=True, subtile=True),
 ]
 
 

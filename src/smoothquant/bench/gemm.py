@@ -214,6 +214,9 @@ def sweep_configs() -> dict[str, list]:
         ],
         "large": [
             C(128, 256, 128, 8, 3, persistent=True),
+            C(128, 256, 128, 8, 4, persistent=True, subtile=True),
+            C(128, 256, 128, 8, 3, persistent=True, subtile=True),
+            C(128, 256, 64, 8, 6, persistent=True, subtile=True),
             C(128, 256, 128, 8, 3, group_m=4, persistent=True),
             C(128, 256, 128, 8, 3),
             C(256, 128, 128, 8, 3, persistent=True),

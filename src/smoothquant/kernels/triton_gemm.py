@@ -34,10 +34,13 @@ class GemmConfig:
     group_m: int = 8
     split_k: int = 1
     persistent: bool = False
+    subtile: bool = False  # store the output in two halves: half the staging buffer, one more stage
 
     def __str__(self) -> str:
         s = f"{self.block_m}x{self.block_n}x{self.block_k} w{self.num_warps} s{self.num_stages}"
-        return s + (f" sk{self.split_k}" if self.split_k > 1 else "") + (" P" if self.persistent else "")
+        s += f" g{self.group_m}" if self.group_m != 8 else ""
+        s += f" sk{self.split_k}" if self.split_k > 1 else ""
+        return s + (" P" if self.persistent else "") + (" ST" if self.subtile else "")
 
 
 def choose_config(m: int, n: int, k: int) -> GemmConfig:
@@ -63,7 +66,8 @@ def _tile_coords(tile, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
 
 @triton.jit
 def _epilogue(acc, m0, n0, M, N, a_scale_ptr, stride_as, b_scale_ptr, bias_ptr, c_ptr, c_desc, stride_cm,
-              HAS_BIAS: tl.constexpr, TMA_STORE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
+              HAS_BIAS: tl.constexpr, TMA_STORE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+              SUBTILE: tl.constexpr = False):  # fmt: skip
     offs_m = m0 + tl.arange(0, BLOCK_M)
     offs_n = n0 + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
@@ -74,7 +78,12 @@ def _epilogue(acc, m0, n0, M, N, a_scale_ptr, stride_as, b_scale_ptr, bias_ptr, 
     if HAS_BIAS:
         out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     out = out.to(c_ptr.dtype.element_ty)
-    if TMA_STORE:  # no per-element addresses: frees the registers a 128x256 tile needs
+    if TMA_STORE and SUBTILE:
+        halves = tl.permute(tl.reshape(out, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1))
+        left, right = tl.split(halves)
+        c_desc.store([m0, n0], left)
+        c_desc.store([m0, n0 + BLOCK_N // 2], right)
+    elif TMA_STORE:  # no per-element addresses: frees the registers a 128x256 tile needs
         c_desc.store([m0, n0], out)
     else:
         c = c_ptr + offs_m[:, None].to(tl.int64) * stride_cm + offs_n[None, :]
@@ -87,6 +96,7 @@ def _w8a8_gemm_kernel(
     M, N, K, num_programs,
     HAS_BIAS: tl.constexpr, TMA_STORE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr, FLATTEN: tl.constexpr,
+    SUBTILE: tl.constexpr,
 ):  # fmt: skip
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
@@ -105,7 +115,7 @@ def _w8a8_gemm_kernel(
         n0 = pid_n * BLOCK_N
         if SPLIT_K == 1:
             _epilogue(acc, m0, n0, M, N, a_scale_ptr, stride_as, b_scale_ptr, bias_ptr, c_ptr, c_desc, stride_cm,
-                      HAS_BIAS, TMA_STORE, BLOCK_M, BLOCK_N)  # fmt: skip
+                      HAS_BIAS, TMA_STORE, BLOCK_M, BLOCK_N, SUBTILE)  # fmt: skip
         else:
             offs_m = m0 + tl.arange(0, BLOCK_M)
             offs_n = n0 + tl.arange(0, BLOCK_N)
@@ -158,7 +168,8 @@ def int8_gemm(
     programs = min(work, _num_sms(a.device)) if cfg.persistent else work
     ws = torch.empty((cfg.split_k, m, n), dtype=torch.int32, device=a.device) if cfg.split_k > 1 else c
     tma_store = cfg.split_k == 1 and (n * c.element_size()) % 16 == 0
-    c_desc = TensorDescriptor.from_tensor(c, [cfg.block_m, cfg.block_n]) if tma_store else None
+    store_n = cfg.block_n // 2 if cfg.subtile else cfg.block_n
+    c_desc = TensorDescriptor.from_tensor(c, [cfg.block_m, store_n]) if tma_store else None
     bias_arg = b_scale if bias is None else bias
     _w8a8_gemm_kernel[(programs,)](
         TensorDescriptor.from_tensor(a, [cfg.block_m, cfg.block_k]),
@@ -166,7 +177,7 @@ def int8_gemm(
         a_scale, a_scale.stride(0), b_scale, bias_arg, c, c_desc, c.stride(0), ws, m, n, k, programs,
         HAS_BIAS=bias is not None, TMA_STORE=tma_store, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, SPLIT_K=cfg.split_k, FLATTEN=cfg.persistent,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        SUBTILE=cfg.subtile, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     if cfg.split_k > 1:
         block_m, block_n = min(triton.next_power_of_2(m), 16), 256

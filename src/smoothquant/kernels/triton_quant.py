@@ -126,18 +126,26 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
     return x2 if x2.stride(-1) == 1 else x2.contiguous()
 
 
-def quantize_rows(x: torch.Tensor, static_scale: torch.Tensor | None = None) -> torch.Tensor:
-    """Packed INT8 rows of ``x [..., K]``: per-token dynamic scales, or the fp32 ``static_scale``."""
+def quantize_rows(
+    x: torch.Tensor,
+    static_scale: torch.Tensor | None = None,
+    block_k: int | None = None,
+    num_warps: int = 8,
+) -> torch.Tensor:
+    """Packed INT8 rows of ``x [..., K]``: per-token dynamic scales, or the fp32 ``static_scale``.
+
+    ``block_k`` (a power of two; default: the whole row up to 8192) and ``num_warps`` are tuning
+    knobs (``scripts/bench_quant.py``)."""
     x2 = _rows(x)
     m, k = x2.shape
     width = packed_width(k)
     packed = torch.empty((m, width), dtype=torch.int8, device=x.device)
-    block = triton.next_power_of_2(k)
+    block = block_k or triton.next_power_of_2(k)
     block = block if block <= 8192 else 4096  # wider rows in registers measured slower
     if m:
         _quant_rows_kernel[(m,)](
             x2, packed, x2 if static_scale is None else static_scale, k, x2.stride(0), width,
-            DYNAMIC=static_scale is None, BLOCK_K=block, ONE_TILE=block >= k, num_warps=8,
+            DYNAMIC=static_scale is None, BLOCK_K=block, ONE_TILE=block >= k, num_warps=num_warps,
         )  # fmt: skip
     return packed.reshape(*x.shape[:-1], width)
 
