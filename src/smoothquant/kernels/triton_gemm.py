@@ -52,7 +52,7 @@ def choose_config(m: int, n: int, k: int) -> GemmConfig:
         return GemmConfig(64, 128, 128, 4, 4, split_k=1 if n >= 8192 else 2)
     if m <= 512:
         return GemmConfig(64, 256, 128, 4, 4, persistent=True)
-    return GemmConfig(128, 256, 128, 8, 3, persistent=True)
+    return GemmConfig(128, 256, 128, 8, 4, persistent=True, subtile=True)
 
 
 @triton.jit

@@ -130,18 +130,22 @@ def quantize_rows(
     x: torch.Tensor,
     static_scale: torch.Tensor | None = None,
     block_k: int | None = None,
-    num_warps: int = 8,
+    num_warps: int | None = None,
 ) -> torch.Tensor:
     """Packed INT8 rows of ``x [..., K]``: per-token dynamic scales, or the fp32 ``static_scale``.
 
-    ``block_k`` (a power of two; default: the whole row up to 8192) and ``num_warps`` are tuning
-    knobs (``scripts/bench_quant.py``)."""
+    ``block_k`` (a power of two, at most 8192: the whole row stays in registers when it fits)
+    and ``num_warps`` are tuning knobs; the defaults are the fastest of ``scripts/bench_quant.py``
+    on an H100: few rows (decode) are latency-bound and want the row in registers across 16
+    warps, many rows are bandwidth-bound and want small blocks and 4 warps."""
     x2 = _rows(x)
     m, k = x2.shape
     width = packed_width(k)
     packed = torch.empty((m, width), dtype=torch.int8, device=x.device)
-    block = block_k or triton.next_power_of_2(k)
+    many = m >= 256
+    block = block_k or (2048 if many else triton.next_power_of_2(k))
     block = block if block <= 8192 else 4096  # wider rows in registers measured slower
+    num_warps = num_warps or (4 if many else 16)
     if m:
         _quant_rows_kernel[(m,)](
             x2, packed, x2 if static_scale is None else static_scale, k, x2.stride(0), width,
@@ -177,6 +181,6 @@ def norm_quantize_rows(
             RMS=rms, HAS_BIAS=bias is not None,
             DYNAMIC=static_scale is None, ROUND_BF16=x.dtype == torch.bfloat16,
             ROUND_F16=x.dtype == torch.float16, BLOCK_K=block,
-            num_warps=min(max(block // 512, 1), 16),
+            num_warps=min(max(block // 512, 1), 16) if m >= 256 else 16,  # as quantize_rows
         )  # fmt: skip
     return packed.reshape(*x.shape[:-1], width)
