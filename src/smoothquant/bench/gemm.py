@@ -195,6 +195,8 @@ def sweep_configs() -> dict[str, list]:
             C(16, 128, 256, 4, 4, split_k=4),
         ],
         "m128": [
+            C(64, 128, 128, 4, 4, persistent=True),
+            C(64, 256, 128, 4, 4, split_k=2),
             C(64, 64, 128, 4, 5),
             C(64, 64, 256, 4, 4),
             C(64, 128, 128, 4, 4),
@@ -211,6 +213,11 @@ def sweep_configs() -> dict[str, list]:
             C(128, 256, 128, 8, 3, persistent=True),
             C(128, 128, 128, 8, 4, split_k=2),
             C(64, 128, 128, 4, 4),
+            C(64, 128, 128, 4, 4, persistent=True),
+            C(128, 128, 128, 8, 4),
+            C(128, 256, 128, 8, 4, persistent=True, subtile=True),
+            C(128, 64, 128, 4, 4, persistent=True),
+            C(64, 256, 128, 4, 4, split_k=2),
         ],
         "large": [
             C(128, 256, 128, 8, 3, persistent=True),

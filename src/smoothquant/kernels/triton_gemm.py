@@ -43,15 +43,24 @@ class GemmConfig:
         return s + (" P" if self.persistent else "") + (" ST" if self.subtile else "")
 
 
-def choose_config(m: int, n: int, k: int) -> GemmConfig:
+def _wave_efficiency(tiles: int, num_sms: int) -> float:
+    """Busy fraction of the last wave of programs: 1 when the tiles fill every SM each wave."""
+    return tiles / (-(-tiles // num_sms) * num_sms)
+
+
+def choose_config(m: int, n: int, k: int, num_sms: int = 132) -> GemmConfig:
     """Tile shapes by problem size: the fastest of ``smoothquant bench gemm --sweep`` on an H100
-    for Llama-2 shapes (docs/kernels-notes.md)."""
+    for Llama-2 7B/13B shapes (docs/kernels-notes.md)."""
     if m <= 16:
         return GemmConfig(16, 32, 256, 4, 6)
     if m <= 128:
         return GemmConfig(64, 128, 128, 4, 4, split_k=1 if n >= 8192 else 2)
     if m <= 512:
-        return GemmConfig(64, 256, 128, 4, 4, persistent=True)
+        # one wave of 64-row tiles, or 128-row tiles when those fill the waves as well
+        narrow = GemmConfig(64, 256, 128, 4, 4, persistent=True)
+        wide = GemmConfig(128, 256, 128, 8, 4, persistent=True, subtile=True)
+        eff = {c: _wave_efficiency(-(-m // c.block_m) * -(-n // c.block_n), num_sms) for c in (narrow, wide)}
+        return narrow if eff[narrow] > eff[wide] + 0.02 else wide
     return GemmConfig(128, 256, 128, 8, 4, persistent=True, subtile=True)
 
 
@@ -163,7 +172,7 @@ def int8_gemm(
     c = torch.empty((m, n), dtype=out_dtype, device=a.device)
     if m == 0 or n == 0:
         return c
-    cfg = config or choose_config(m, n, k)
+    cfg = config or choose_config(m, n, k, _num_sms(a.device))
     work = triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n) * cfg.split_k
     programs = min(work, _num_sms(a.device)) if cfg.persistent else work
     ws = torch.empty((cfg.split_k, m, n), dtype=torch.int32, device=a.device) if cfg.split_k > 1 else c
