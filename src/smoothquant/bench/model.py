@@ -160,14 +160,13 @@ def run(
 ) -> list[ModelResult]:
     """Measure the floating-point model (``dtype`` and any ``baselines`` dtypes), then each scheme."""
     base = load_model(model_spec, device, dtype)
-    results = []
+    results = [measure(base, str(dtype).removeprefix("torch."), list(prefill), list(decode), reps)]
+    log(format_result(results[-1]))
     for bdtype in baselines:
         other = copy.deepcopy(base).to(bdtype)
         results.append(measure(other, str(bdtype).removeprefix("torch."), list(prefill), list(decode), reps))
         log(format_result(results[-1]))
         del other
-    results.append(measure(base, str(dtype).removeprefix("torch."), list(prefill), list(decode), reps))
-    log(format_result(results[-1]))
     stats = None
     if any(not get_scheme(s).inputs.dynamic for s in schemes):
         ids = torch.randint(0, base.config.vocab_size, (2, 128), device=base.device)

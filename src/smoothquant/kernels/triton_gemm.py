@@ -48,7 +48,7 @@ def _wave_efficiency(tiles: int, num_sms: int) -> float:
     return tiles / (-(-tiles // num_sms) * num_sms)
 
 
-def choose_config(m: int, n: int, k: int, num_sms: int = 132) -> GemmConfig:
+def choose_config(m: int, n: int, num_sms: int = 132) -> GemmConfig:
     """Tile shapes by problem size: the fastest of ``smoothquant bench gemm --sweep`` on an H100
     for Llama-2 7B/13B shapes (docs/kernels-notes.md)."""
     if m <= 16:
@@ -172,7 +172,7 @@ def int8_gemm(
     c = torch.empty((m, n), dtype=out_dtype, device=a.device)
     if m == 0 or n == 0:
         return c
-    cfg = config or choose_config(m, n, k, _num_sms(a.device))
+    cfg = config or choose_config(m, n, _num_sms(a.device))
     work = triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n) * cfg.split_k
     programs = min(work, _num_sms(a.device)) if cfg.persistent else work
     ws = torch.empty((cfg.split_k, m, n), dtype=torch.int32, device=a.device) if cfg.split_k > 1 else c

@@ -11,10 +11,19 @@ from smoothquant.quantization.fake import FakeQuantLinear
 from smoothquant.quantization.quantizer import quantize_weight, scale_from_absmax
 from smoothquant.quantization.scheme import ActQuant, WeightQuant
 from smoothquant.runtime import ops
-from smoothquant.runtime.ops import keep_fp32
 
 # weights are stored [out, in_padded]: a 16-byte row stride is what the GPU kernel's TMA loads need
 ROW_ALIGN = 16
+
+
+def keep_fp32(module: torch.nn.Module, apply, fn, names: tuple[str, ...]) -> None:
+    """``module._apply`` for modules whose scale buffers follow device moves but stay fp32."""
+    kept = {n: module._buffers.pop(n) for n in names if n in module._buffers}
+    try:
+        apply(fn)
+    finally:
+        for n, buf in kept.items():
+            module._buffers[n] = None if buf is None else buf.to(fn(torch.empty(0, device=buf.device)).device)
 
 
 def unsupported_reason(module: FakeQuantLinear) -> str | None:

@@ -15,7 +15,7 @@ from torch import nn
 
 from smoothquant.quantization.scheme import ActQuant
 from smoothquant.runtime import ops
-from smoothquant.runtime.ops import keep_fp32
+from smoothquant.runtime.linear import keep_fp32
 
 
 def norm_kind(norm: nn.Module, offset: float) -> tuple[bool, float] | str:

@@ -29,16 +29,6 @@ from smoothquant.quantization.scheme import ActQuant
 BACKENDS = ("auto", "triton", "cpu", "reference")
 
 
-def keep_fp32(module: torch.nn.Module, apply, fn, names: tuple[str, ...]) -> None:
-    """``module._apply`` for modules whose scale buffers follow device moves but stay fp32."""
-    kept = {n: module._buffers.pop(n) for n in names if n in module._buffers}
-    try:
-        apply(fn)
-    finally:
-        for n, buf in kept.items():
-            module._buffers[n] = None if buf is None else buf.to(fn(torch.empty(0, device=buf.device)).device)
-
-
 def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
