@@ -57,3 +57,7 @@ class DiskSpaceError(ExportError, OSError):
 
 class CheckpointError(SmoothQuantError):
     """A checkpoint directory is missing, corrupt, or not a W8A8 INT8 checkpoint we can load."""
+
+
+class BackendError(SmoothQuantError):
+    """The INT8 runtime cannot run on the requested backend (no GPU, no Triton, wrong device)."""

@@ -25,6 +25,11 @@ def is_linear_like(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) or is_conv1d(module)
 
 
+def is_quantized_linear(module: nn.Module) -> bool:
+    """FakeQuantLinear / Int8Linear: int8 ``qweight`` instead of a float weight."""
+    return isinstance(getattr(module, "qweight", None), torch.Tensor)
+
+
 def weight_oi(module: nn.Module) -> torch.Tensor:
     """The weight as an ``[out, in]`` view (a transpose view for Conv1D)."""
     weight = module.weight
@@ -32,6 +37,8 @@ def weight_oi(module: nn.Module) -> torch.Tensor:
 
 
 def in_out_features(module: nn.Module) -> tuple[int, int]:
+    if is_quantized_linear(module):
+        return module.in_features, module.out_features
     out_f, in_f = weight_oi(module).shape
     return in_f, out_f
 

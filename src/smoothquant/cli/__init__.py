@@ -12,7 +12,7 @@ import importlib
 import logging
 import sys
 
-COMMANDS = ("smoothquant.cli.info", "smoothquant.cli.quantize")
+COMMANDS = ("smoothquant.cli.info", "smoothquant.cli.quantize", "smoothquant.cli.bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,7 +20,7 @@ from torch import nn
 from smoothquant.errors import UnsupportedModelError
 from smoothquant.families.spec import Family, Group, Layout
 from smoothquant.families.tables import FAMILIES
-from smoothquant.nn_utils import in_out_features, is_linear_like
+from smoothquant.nn_utils import in_out_features, is_linear_like, is_quantized_linear
 
 _REGISTERED: list[Family] = []
 
@@ -108,7 +108,7 @@ class ResolvedGroup:
     @property
     def is_linear_pair(self) -> bool:
         """True when the producer is a linear (folds into its output rows), not a norm."""
-        return is_linear_like(self.producer)
+        return is_linear_like(self.producer) or is_quantized_linear(self.producer)
 
     @property
     def width(self) -> int:
@@ -207,7 +207,7 @@ def _resolve_group(
 def _bind_shapes(rg: ResolvedGroup, group: Group, config: object) -> None:
     """Fill rows/kv mapping and check every consumer reads exactly the producer's channels."""
     producer = rg.producer
-    if is_linear_like(producer):
+    if rg.is_linear_pair:
         out_features = in_out_features(producer)[1]
         if group.producer_rows is not None:
             chunk = group.producer_rows
@@ -227,9 +227,12 @@ def _bind_shapes(rg: ResolvedGroup, group: Group, config: object) -> None:
     width = rg.width
     for name, module in {**rg.consumers, **rg.passive}.items():
         weight = getattr(module, "weight", None)
-        if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        if is_quantized_linear(module):  # resolving an already quantized model
+            in_features = module.in_features
+        elif not isinstance(weight, torch.Tensor) or weight.dim() != 2:
             raise UnsupportedModelError(f"{name} ({type(module).__name__}) has no 2-D weight to scale")
-        in_features = in_out_features(module)[0] if is_linear_like(module) else weight.shape[1]
+        else:
+            in_features = in_out_features(module)[0] if is_linear_like(module) else weight.shape[1]
         if in_features == width:
             continue
         heads = getattr(config, "num_attention_heads", None)

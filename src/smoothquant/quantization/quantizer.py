@@ -17,7 +17,11 @@ MIN_ABSMAX = 1e-8
 
 
 def scale_from_absmax(absmax: torch.Tensor) -> torch.Tensor:
-    return absmax.float().clamp_min(MIN_ABSMAX) / QMAX
+    a = absmax.float().clamp_min(MIN_ABSMAX)
+    # divide by a tensor, not a Python number: PyTorch's CUDA kernels turn division by a scalar
+    # into multiplication by its reciprocal (1 ulp off at times), so the scales, and the integers
+    # after them, would depend on the device
+    return a / a.new_full((), QMAX)
 
 
 def check_finite(x: torch.Tensor, what: str = "input") -> None:

@@ -1,0 +1,231 @@
+"""GEMM-level benchmark: one linear layer of Llama-2-7B/13B at several token counts M.
+
+Columns (all measured in the same process, CUDA graphs, inputs rotated through several copies so
+small problems are not timed out of L2):
+
+- ``bf16``: ``F.linear`` (cuBLAS),
+- ``ours``: end to end, per-token dynamic activations (Triton quantization kernel + Triton W8A8
+  GEMM with the fused epilogue),
+- ``ours_gemm``: the GEMM alone on pre-quantized activations,
+- ``int_mm_e2e``: the torchao-style path in eager torch (absmax / divide / round / clamp, then
+  ``torch._int_mm``, then a separate scale multiply),
+- ``int_mm``: ``torch._int_mm`` alone (cuBLAS int8, int32 out, no epilogue),
+- ``fp8``: ``torch._scaled_mm`` e4m3 with row-wise scales, alone, for reference.
+
+``torch._int_mm`` needs M > 16 and ``_scaled_mm`` M % 16 == 0: smaller M is zero-padded for those
+columns (noted in the table).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from smoothquant.bench.timing import cuda_time_ms
+from smoothquant.quantization.quantizer import quantize_weight
+from smoothquant.quantization.scheme import PER_CHANNEL, TOKEN_DYNAMIC
+from smoothquant.runtime import ops
+
+# (layer, in_features K, out_features N)
+SHAPES: dict[str, list[tuple[str, int, int]]] = {
+    "llama-2-7b": [("q/k/v/o", 4096, 4096), ("gate/up", 4096, 11008), ("down", 11008, 4096)],
+    "llama-2-13b": [("q/k/v/o", 5120, 5120), ("gate/up", 5120, 13824), ("down", 13824, 5120)],
+}
+M_VALUES = (1, 16, 128, 512, 2048, 8192)
+METHODS = ("bf16", "ours", "ours_gemm", "int_mm_e2e", "int_mm", "fp8")
+
+
+@dataclass
+class GemmRow:
+    model: str
+    layer: str
+    m: int
+    k: int
+    n: int
+    ms: dict[str, float] = field(default_factory=dict)
+    check: str = ""
+    configs: dict[str, float] = field(default_factory=dict)  # sweep: config -> ms
+
+    def speedup(self, method: str, over: str = "bf16") -> float:
+        return self.ms[over] / self.ms[method] if method in self.ms and over in self.ms else float("nan")
+
+
+def _pad_rows(t: torch.Tensor, multiple: int, minimum: int) -> torch.Tensor:
+    rows = max(minimum, -(-t.shape[0] // multiple) * multiple)
+    return F.pad(t, (0, 0, 0, rows - t.shape[0])) if rows != t.shape[0] else t
+
+
+def _torchao_style(x: torch.Tensor, qw_t: torch.Tensor, sw: torch.Tensor) -> torch.Tensor:
+    s = x.abs().amax(-1, keepdim=True).float().clamp_min(1e-8) / 127
+    q = (x.float() / s).round().clamp(-127, 127).to(torch.int8)
+    acc = torch._int_mm(_pad_rows(q, 8, 17), qw_t)[: x.shape[0]]
+    return (acc * s * sw).to(x.dtype)
+
+
+class _Case:
+    """One copy of the inputs of every method, built once."""
+
+    def __init__(self, m: int, k: int, n: int, device: torch.device) -> None:
+        from smoothquant.kernels import triton_quant
+        from smoothquant.kernels.packing import unpack
+
+        self.x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
+        self.w = (0.02 * torch.randn(n, k, device=device)).to(torch.bfloat16)
+        qw, sw = quantize_weight(self.w, PER_CHANNEL)
+        self.qw, self.sw = qw, sw.reshape(-1).contiguous()
+        self.qa, self.sa = unpack(triton_quant.quantize_rows(self.x), k)
+        self.qa_mm = _pad_rows(self.qa.contiguous(), 8, 17)
+        fp8 = torch.float8_e4m3fn
+        xs = self.x.float().abs().amax(-1, keepdim=True).clamp_min(1e-8) / 448
+        ws = self.w.float().abs().amax(-1, keepdim=True).clamp_min(1e-8) / 448
+        self.x8 = _pad_rows((self.x.float() / xs).to(fp8), 16, 16)
+        self.xs8 = _pad_rows(xs, 16, 16)
+        self.w8, self.ws8 = (self.w.float() / ws).to(fp8), ws.reshape(1, -1)
+
+    def fn(self, method: str, config=None):
+        from smoothquant.kernels import triton_gemm
+
+        bf16 = torch.bfloat16
+        return {
+            "bf16": lambda: F.linear(self.x, self.w),
+            "ours": lambda: ops.w8a8_linear(self.x, self.qw, self.sw, None, TOKEN_DYNAMIC, None, "triton"),
+            "ours_gemm": lambda: triton_gemm.int8_gemm(
+                self.qa, self.sa, self.qw, self.sw, None, bf16, config
+            ),
+            "int_mm_e2e": lambda: _torchao_style(self.x, self.qw.t(), self.sw),
+            "int_mm": lambda: torch._int_mm(self.qa_mm, self.qw.t()),
+            "fp8": lambda: torch._scaled_mm(
+                self.x8, self.w8.t(), scale_a=self.xs8, scale_b=self.ws8, out_dtype=bf16
+            ),
+        }[method]
+
+
+def _check(case: _Case) -> str:
+    """Same integers as the reference quantizer, output within bf16 rounding of the reference."""
+    q_ref, s_ref = ops.quantize_rows(case.x, TOKEN_DYNAMIC, None, "reference")
+    same = bool(torch.equal(case.qa, q_ref)) and bool(torch.equal(case.sa, s_ref))
+    want = ops.int8_matmul(q_ref, s_ref, case.qw, case.sw, None, torch.float32, "reference")
+    got = case.fn("ours")().float()
+    err = ((got - want).norm() / want.norm()).item()
+    return f"{'ints equal' if same else 'INTS DIFFER'}, rel.err {err:.1e}"
+
+
+def run(
+    models: list[str] | None = None,
+    m_values: tuple[int, ...] = M_VALUES,
+    methods: tuple[str, ...] = METHODS,
+    sweep: dict[str, list] | None = None,
+    reps: int = 20,
+    log=print,
+) -> list[GemmRow]:
+    """Time every method (and, with ``sweep``, every candidate GEMM config) on every shape.
+
+    ``sweep`` maps each :func:`bucket` of M to a list of configs.
+    """
+    device = torch.device("cuda")
+    rows = []
+    for model in models or list(SHAPES):
+        for layer, k, n in SHAPES[model]:
+            for m in m_values:
+                torch.manual_seed(0)
+                per_call = 2 * (m * k + n * k + m * n)
+                cases = [_Case(m, k, n, device) for _ in range(max(1, min(8, math.ceil(256e6 / per_call))))]
+                row = GemmRow(model, layer, m, k, n, check=_check(cases[0]))
+                for method in methods:
+                    try:
+                        row.ms[method] = cuda_time_ms([c.fn(method) for c in cases], reps=reps)
+                    except Exception as e:  # a baseline the installed torch cannot run
+                        log(f"  {method} failed at M={m} K={k} N={n}: {type(e).__name__}: {e}")
+                if sweep:
+                    for cfg in sweep[bucket(m)]:
+                        try:
+                            row.configs[str(cfg)] = cuda_time_ms(
+                                [c.fn("ours_gemm", cfg) for c in cases], reps=reps
+                            )
+                        except Exception as e:
+                            row.configs[str(cfg)] = float("nan")
+                            log(f"  config {cfg} failed: {type(e).__name__}: {str(e)[:120]}")
+                log(format_row(row))
+                rows.append(row)
+                del cases
+                torch.cuda.empty_cache()
+    return rows
+
+
+HEADER = (
+    f"{'model':12s} {'layer':8s} {'M':>5s} {'bf16 ms':>9s} {'ours ms':>9s} {'x bf16':>7s} {'gemm ms':>9s}"
+    f" {'x bf16':>7s} {'int_mm e2e':>10s} {'ours x':>7s} {'int_mm':>9s} {'gemm x':>7s} {'fp8 ms':>9s}  check"
+)
+
+
+def format_row(r: GemmRow) -> str:
+    ms = r.ms
+
+    def t(key: str) -> str:
+        return f"{ms[key]:9.4f}" if key in ms else f"{'n/a':>9s}"
+
+    return (
+        f"{r.model:12s} {r.layer:8s} {r.m:5d} {t('bf16')} {t('ours')} {r.speedup('ours'):7.2f} {t('ours_gemm')}"
+        f" {r.speedup('ours_gemm'):7.2f} {ms.get('int_mm_e2e', float('nan')):10.4f}"
+        f" {r.speedup('ours', 'int_mm_e2e'):7.2f} {t('int_mm')} {r.speedup('ours_gemm', 'int_mm'):7.2f}"
+        f" {t('fp8')}  {r.check}"
+    )
+
+
+def bucket(m: int) -> str:
+    return "small" if m <= 16 else "m128" if m <= 128 else "m512" if m <= 512 else "large"
+
+
+def sweep_configs() -> dict[str, list]:
+    """Candidate GEMM configs per M bucket for ``--sweep`` (the winners go into ``choose_config``)."""
+    from smoothquant.kernels.triton_gemm import GemmConfig as C
+
+    return {
+        "small": [
+            C(16, 64, 256, 4, 4),
+            C(16, 64, 256, 4, 6),
+            C(16, 32, 256, 4, 4),
+            C(16, 32, 256, 4, 6),
+            C(16, 16, 256, 4, 8),
+            C(16, 32, 128, 4, 8),
+            C(16, 64, 256, 4, 4, split_k=2),
+            C(16, 128, 256, 4, 4, split_k=4),
+        ],
+        "m128": [
+            C(64, 128, 128, 4, 4, persistent=True),
+            C(64, 256, 128, 4, 4, split_k=2),
+            C(64, 64, 128, 4, 5),
+            C(64, 64, 256, 4, 4),
+            C(64, 128, 128, 4, 4),
+            C(64, 64, 128, 4, 5, split_k=2),
+            C(64, 128, 128, 4, 4, split_k=2),
+            C(128, 64, 128, 4, 4),
+            C(64, 32, 256, 4, 4),
+        ],
+        "m512": [
+            C(64, 256, 128, 4, 4),
+            C(128, 128, 128, 8, 4, persistent=True),
+            C(128, 128, 128, 4, 4, persistent=True),
+            C(64, 256, 128, 4, 4, persistent=True),
+            C(128, 256, 128, 8, 3, persistent=True),
+            C(128, 128, 128, 8, 4, split_k=2),
+            C(64, 128, 128, 4, 4),
+            C(64, 128, 128, 4, 4, persistent=True),
+            C(128, 128, 128, 8, 4),
+            C(128, 256, 128, 8, 4, persistent=True, subtile=True),
+            C(128, 64, 128, 4, 4, persistent=True),
+            C(64, 256, 128, 4, 4, split_k=2),
+        ],
+        "large": [
+            C(128, 256, 128, 8, 3, persistent=True),
+            C(128, 256, 128, 8, 4, persistent=True, subtile=True),
+            C(128, 256, 128, 8, 3, persistent=True, subtile=True),
+            C(128, 256, 64, 8, 6, persistent=True, subtile=True),
+            C(128, 256, 128, 8, 3, group_m=4, persistent=True),
+            C(128, 256, 128, 8, 3),
+            C(256, 128, 128, 8, 3, persistent=True),
+        ],
+    }

@@ -1,0 +1,197 @@
+"""The W8A8 GEMM in Triton: int8 x int8 -> int32 on the tensor cores, dequantized in the epilogue.
+
+``C[m, n] = cast(acc[m, n] * a_scale[m] * b_scale[n] + bias[n])`` with ``acc`` the exact int32 dot
+product. ``A`` is ``[M, K]`` int8 (packed activation rows), ``B`` the weight ``[N, K]`` int8,
+both K-contiguous: the layout Hopper's int8 ``wgmma`` reads from shared memory without a
+transpose, and the one ``torch._int_mm`` on CPU runs fastest as ``B.t()``. Both are read through
+TMA tensor descriptors (row strides padded to 16 bytes at load time), so odd M, N and K need no
+special path: out-of-range boxes read zeros.
+
+One kernel covers all sizes; a :class:`GemmConfig` picks tile shape, pipelining depth, a
+persistent grid (programs loop over tiles, so the next tile's loads overlap this tile's epilogue)
+and split-K for small M, where ``M / BLOCK_M * N / BLOCK_N`` tiles are too few to keep every SM
+busy. Split-K writes exact int32 partial sums; a second small kernel adds them in a fixed order
+and applies the epilogue (deterministic, and no inter-program synchronisation to get wrong).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
+
+
+@dataclass(frozen=True)
+class GemmConfig:
+    block_m: int
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+    group_m: int = 8
+    split_k: int = 1
+    persistent: bool = False
+    subtile: bool = False  # store the output in two halves: half the staging buffer, one more stage
+
+    def __str__(self) -> str:
+        s = f"{self.block_m}x{self.block_n}x{self.block_k} w{self.num_warps} s{self.num_stages}"
+        s += f" g{self.group_m}" if self.group_m != 8 else ""
+        s += f" sk{self.split_k}" if self.split_k > 1 else ""
+        return s + (" P" if self.persistent else "") + (" ST" if self.subtile else "")
+
+
+def _wave_efficiency(tiles: int, num_sms: int) -> float:
+    """Busy fraction of the last wave of programs: 1 when the tiles fill every SM each wave."""
+    return tiles / (-(-tiles // num_sms) * num_sms)
+
+
+def choose_config(m: int, n: int, num_sms: int = 132) -> GemmConfig:
+    """Tile shapes by problem size: the fastest of ``smoothquant bench gemm --sweep`` on an H100
+    for Llama-2 7B/13B shapes (docs/kernels-notes.md)."""
+    if m <= 16:
+        return GemmConfig(16, 32, 256, 4, 6)
+    if m <= 128:
+        return GemmConfig(64, 128, 128, 4, 4, split_k=1 if n >= 8192 else 2)
+    if m <= 512:
+        # one wave of 64-row tiles, or 128-row tiles when those fill the waves as well
+        narrow = GemmConfig(64, 256, 128, 4, 4, persistent=True)
+        wide = GemmConfig(128, 256, 128, 8, 4, persistent=True, subtile=True)
+        eff = {c: _wave_efficiency(-(-m // c.block_m) * -(-n // c.block_n), num_sms) for c in (narrow, wide)}
+        return narrow if eff[narrow] > eff[wide] + 0.02 else wide
+    return GemmConfig(128, 256, 128, 8, 4, persistent=True, subtile=True)
+
+
+@triton.jit
+def _tile_coords(tile, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
+    # grouped ordering: GROUP_M row-tiles share each weight column-tile while it is in L2
+    group = GROUP_M * num_pid_n
+    first_m = (tile // group) * GROUP_M
+    size_m = tl.minimum(num_pid_m - first_m, GROUP_M)
+    return first_m + (tile % group) % size_m, (tile % group) // size_m
+
+
+@triton.jit
+def _epilogue(acc, m0, n0, M, N, a_scale_ptr, stride_as, b_scale_ptr, bias_ptr, c_ptr, c_desc, stride_cm,
+              HAS_BIAS: tl.constexpr, TMA_STORE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+              SUBTILE: tl.constexpr = False):  # fmt: skip
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    sa = tl.load(a_scale_ptr + offs_m * stride_as, mask=mask_m, other=0.0)
+    sb = tl.load(b_scale_ptr + offs_n, mask=mask_n, other=0.0)
+    out = acc.to(tl.float32) * sa[:, None] * sb[None, :]
+    if HAS_BIAS:
+        out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    out = out.to(c_ptr.dtype.element_ty)
+    if TMA_STORE and SUBTILE:
+        halves = tl.permute(tl.reshape(out, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1))
+        left, right = tl.split(halves)
+        c_desc.store([m0, n0], left)
+        c_desc.store([m0, n0 + BLOCK_N // 2], right)
+    elif TMA_STORE:  # no per-element addresses: frees the registers a 128x256 tile needs
+        c_desc.store([m0, n0], out)
+    else:
+        c = c_ptr + offs_m[:, None].to(tl.int64) * stride_cm + offs_n[None, :]
+        tl.store(c, out, mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def _w8a8_gemm_kernel(
+    a_desc, b_desc, a_scale_ptr, stride_as, b_scale_ptr, bias_ptr, c_ptr, c_desc, stride_cm, ws_ptr,
+    M, N, K, num_programs,
+    HAS_BIAS: tl.constexpr, TMA_STORE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr, FLATTEN: tl.constexpr,
+    SUBTILE: tl.constexpr,
+):  # fmt: skip
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    k_tiles = tl.cdiv(K, BLOCK_K)
+    k_per_split = tl.cdiv(k_tiles, SPLIT_K)
+    for work in tl.range(tl.program_id(0), num_pid_m * num_pid_n * SPLIT_K, num_programs, flatten=FLATTEN):
+        split = work % SPLIT_K
+        pid_m, pid_n = _tile_coords(work // SPLIT_K, num_pid_m, num_pid_n, GROUP_M)
+        k_lo = split * k_per_split
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+        for kt in range(k_lo, tl.minimum(k_lo + k_per_split, k_tiles)):
+            a = a_desc.load([pid_m * BLOCK_M, kt * BLOCK_K])
+            b = b_desc.load([pid_n * BLOCK_N, kt * BLOCK_K])
+            acc = tl.dot(a, b.T, acc, out_dtype=tl.int32)
+        m0 = pid_m * BLOCK_M
+        n0 = pid_n * BLOCK_N
+        if SPLIT_K == 1:
+            _epilogue(acc, m0, n0, M, N, a_scale_ptr, stride_as, b_scale_ptr, bias_ptr, c_ptr, c_desc, stride_cm,
+                      HAS_BIAS, TMA_STORE, BLOCK_M, BLOCK_N, SUBTILE)  # fmt: skip
+        else:
+            offs_m = m0 + tl.arange(0, BLOCK_M)
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            ws = ws_ptr + (split * M + offs_m[:, None]).to(tl.int64) * N + offs_n[None, :]
+            tl.store(ws, acc, mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+
+
+@triton.jit
+def _split_k_reduce_kernel(
+    ws_ptr, split_stride, a_scale_ptr, stride_as, b_scale_ptr, bias_ptr, c_ptr, stride_cm, M, N,
+    HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    m0 = tl.program_id(0) * BLOCK_M
+    n0 = tl.program_id(1) * BLOCK_N
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+    ws = ws_ptr + offs_m[:, None].to(tl.int64) * N + offs_n[None, :]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    for split in tl.static_range(SPLIT_K):
+        acc += tl.load(ws + split * split_stride, mask=mask, other=0)
+    _epilogue(acc, m0, n0, M, N, a_scale_ptr, stride_as, b_scale_ptr, bias_ptr, c_ptr, c_ptr, stride_cm,
+              HAS_BIAS, False, BLOCK_M, BLOCK_N)  # fmt: skip
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 2  # the interpreter: still exercise the persistent loop
+
+
+def int8_gemm(
+    a: torch.Tensor,
+    a_scale: torch.Tensor,
+    b: torch.Tensor,
+    b_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+    config: GemmConfig | None = None,
+) -> torch.Tensor:
+    """``a [M, K]`` int8, ``a_scale [M]`` fp32 (any stride), ``b [N, K]`` int8, ``b_scale [N]``
+    fp32, ``bias [N]`` or None; row strides of ``a`` and ``b`` must be multiples of 16 bytes."""
+    m, k = a.shape
+    n = b.shape[0]
+    c = torch.empty((m, n), dtype=out_dtype, device=a.device)
+    if m == 0 or n == 0:
+        return c
+    cfg = config or choose_config(m, n, _num_sms(a.device))
+    work = triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n) * cfg.split_k
+    programs = min(work, _num_sms(a.device)) if cfg.persistent else work
+    ws = torch.empty((cfg.split_k, m, n), dtype=torch.int32, device=a.device) if cfg.split_k > 1 else c
+    tma_store = cfg.split_k == 1 and (n * c.element_size()) % 16 == 0
+    store_n = cfg.block_n // 2 if cfg.subtile else cfg.block_n
+    c_desc = TensorDescriptor.from_tensor(c, [cfg.block_m, store_n]) if tma_store else None
+    bias_arg = b_scale if bias is None else bias
+    _w8a8_gemm_kernel[(programs,)](
+        TensorDescriptor.from_tensor(a, [cfg.block_m, cfg.block_k]),
+        TensorDescriptor.from_tensor(b, [cfg.block_n, cfg.block_k]),
+        a_scale, a_scale.stride(0), b_scale, bias_arg, c, c_desc, c.stride(0), ws, m, n, k, programs,
+        HAS_BIAS=bias is not None, TMA_STORE=tma_store, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, SPLIT_K=cfg.split_k, FLATTEN=cfg.persistent,
+        SUBTILE=cfg.subtile, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )  # fmt: skip
+    if cfg.split_k > 1:
+        block_m, block_n = min(triton.next_power_of_2(m), 16), 256
+        _split_k_reduce_kernel[(triton.cdiv(m, block_m), triton.cdiv(n, block_n))](
+            ws, m * n, a_scale, a_scale.stride(0), b_scale, bias_arg, c, c.stride(0), m, n,
+            HAS_BIAS=bias is not None, SPLIT_K=cfg.split_k, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4,
+        )  # fmt: skip
+    return c

@@ -1,0 +1,116 @@
+"""``convert``: turn a fake-quantized model into one that runs on the INT8 kernels."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from smoothquant.errors import QuantizationError, UnsupportedModelError
+from smoothquant.families import resolve
+from smoothquant.nn_utils import model_dtype, set_submodule
+from smoothquant.quantization.fake import FakeQuantLinear
+from smoothquant.runtime import ops
+from smoothquant.runtime.linear import Int8Linear, unsupported_reason
+from smoothquant.runtime.norm import Int8Norm
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ConversionReport:
+    """What ``convert`` did; attached to the model as ``model.smoothquant_conversion``."""
+
+    backend: str
+    converted: list[str] = field(default_factory=list)
+    kept: dict[str, str] = field(default_factory=dict)  # name -> why it stays fake-quant
+    folded_norms: list[str] = field(default_factory=list)
+    not_folded: dict[str, str] = field(default_factory=dict)  # norm -> why
+
+    def summary(self) -> str:
+        s = f"INT8 runtime ({self.backend}): {len(self.converted)} linears converted"
+        if self.kept:
+            reasons = sorted(set(self.kept.values()))
+            s += f", {len(self.kept)} kept as fake-quant ({'; '.join(reasons)})"
+        if self.folded_norms:
+            s += f", {len(self.folded_norms)} norms emit INT8 directly"
+        return s
+
+
+def _device(model: nn.Module) -> torch.device:
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def _fold_norms(model: nn.Module, backend: str, report: ConversionReport) -> None:
+    """Replace each norm whose consumers are all Int8Linears sharing one activation quantizer."""
+    try:
+        groups = resolve(model).groups
+    except UnsupportedModelError as e:
+        report.not_folded["*"] = str(e)
+        return
+    for group in groups:
+        if group.is_linear_pair or not group.consumers:
+            continue
+        consumers = list(group.consumers.values())
+        why = None
+        if group.passive:
+            why = "a floating-point module (router) reads the norm too"
+        elif not all(isinstance(c, Int8Linear) for c in consumers):
+            why = "not every consumer runs in INT8"
+        elif len({c.input_quant for c in consumers}) != 1:
+            why = "consumers quantize their input differently"
+        elif consumers[0].input_scale is not None and not all(
+            torch.equal(c.input_scale, consumers[0].input_scale) for c in consumers
+        ):
+            why = "consumers have different static scales"
+        if why is None:
+            first = consumers[0]
+            folded = Int8Norm.from_norm(
+                group.producer, group.norm_offset, first.input_quant, first.input_scale, backend
+            )
+            if isinstance(folded, Int8Norm):
+                set_submodule(model, group.producer_name, folded)
+                report.folded_norms.append(group.producer_name)
+                continue
+            why = folded
+        report.not_folded[group.producer_name] = why
+
+
+@torch.no_grad()
+def convert(model: nn.Module, backend: str = "auto", *, fold_norms: bool = True) -> nn.Module:
+    """Replace, in place, every :class:`FakeQuantLinear` the INT8 kernels support by an
+    :class:`Int8Linear` and return the model.
+
+    Supported: per-tensor and per-channel weights with per-token dynamic, per-tensor dynamic or
+    per-tensor static activations. Group-wise weights, LLM.int8() outlier columns and quantized
+    outputs stay fake-quant. ``backend``: ``"auto"`` (Triton on CUDA, ``torch._int_mm`` on CPU,
+    chosen per call from the input's device), ``"triton"``, ``"cpu"`` or ``"reference"``.
+
+    ``fold_norms`` (Triton only, where it saves passes): norms whose outputs feed only INT8
+    linears sharing one activation quantizer (per-token dynamic, or per-tensor static with one
+    scale) emit the INT8 rows themselves (:class:`Int8Norm`).
+
+    What was converted is logged and kept in ``model.smoothquant_conversion``.
+    """
+    concrete = ops.resolve_backend(backend, _device(model))
+    fakes = [(n, m) for n, m in model.named_modules() if isinstance(m, FakeQuantLinear)]
+    if not fakes:
+        raise QuantizationError("the model has no FakeQuantLinear to convert: run smoothquant.quantize first")
+    dtype = model_dtype(model)
+    report = ConversionReport(concrete)
+    for name, fake in fakes:  # one at a time: the fake's weights are freed as each twin goes in
+        reason = unsupported_reason(fake)
+        if reason is not None:
+            report.kept[name] = reason
+            continue
+        set_submodule(model, name, Int8Linear.from_fake(fake, backend, dtype))
+        report.converted.append(name)
+    if fold_norms and concrete == "triton":
+        _fold_norms(model, backend, report)
+    model.smoothquant_conversion = report
+    log.info(report.summary())
+    return model

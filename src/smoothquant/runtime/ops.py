@@ -1,0 +1,154 @@
+"""Functional W8A8 ops: quantize an activation, multiply by an INT8 weight, dequantize.
+
+Three backends compute the same integers (the math of ``quantization/quantizer.py``):
+
+- ``"triton"``: this project's Triton kernels (CUDA; on CPU only under ``TRITON_INTERPRET=1``),
+- ``"cpu"``: ``torch._int_mm`` on CPU tensors,
+- ``"reference"``: pure torch, the int32 accumulation emulated exactly in float64.
+
+``"auto"`` picks ``triton`` for CUDA tensors and ``cpu`` for CPU tensors. Activation integers
+travel as ``(q [M, K] int8, scale [M] fp32)``; per-tensor scales are broadcast to every row so one
+GEMM epilogue serves all schemes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+import torch.nn.functional as F
+
+from smoothquant.errors import BackendError
+from smoothquant.kernels import cpu as cpu_kernels
+from smoothquant.kernels.packing import pack, unpack
+from smoothquant.nn_utils import compute_dtype
+from smoothquant.quantization.quantizer import quantize_activation, scale_from_absmax
+from smoothquant.quantization.scheme import ActQuant
+
+BACKENDS = ("auto", "triton", "cpu", "reference")
+
+
+def triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """The concrete backend for tensors on ``device`` (raises :class:`BackendError` if unusable)."""
+    if backend not in BACKENDS:
+        raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        backend = "triton" if device.type == "cuda" and triton_available() else "cpu"
+        if device.type not in ("cuda", "cpu"):
+            backend = "reference"
+    if backend == "triton":
+        if not triton_available():
+            raise BackendError("backend 'triton' needs the triton package (pip install triton)")
+        if device.type != "cuda" and not _interpreting():
+            raise BackendError(
+                "backend 'triton' runs on CUDA tensors (or on CPU under TRITON_INTERPRET=1, for "
+                "tests); use backend='cpu' or move the model to a GPU"
+            )
+    if backend == "cpu" and device.type != "cpu":
+        raise BackendError(f"backend 'cpu' runs on CPU tensors, not {device.type}; use 'auto' or 'triton'")
+    return backend
+
+
+def quantize_rows(
+    x: torch.Tensor, spec: ActQuant, static_scale: torch.Tensor | None, backend: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x [M, K]`` -> ``(int8 [M, K], fp32 scale [M])``, the integers FakeQuantLinear computes."""
+    if backend == "triton":
+        from smoothquant.kernels import triton_quant
+
+        if spec.dynamic and spec.granularity == "tensor":
+            # one global absmax: torch's reduction, then the static-scale kernel
+            static_scale = scale_from_absmax(x.detach().abs().amax().reshape(1))
+        packed = triton_quant.quantize_rows(
+            x, None if spec.dynamic and spec.granularity == "token" else static_scale
+        )
+        return unpack(packed, x.shape[-1])
+    q, scale = quantize_activation(x.to(compute_dtype(x.dtype)), spec, static_scale)
+    return q.to(torch.int8), scale.to(torch.float32).reshape(-1).expand(x.shape[0])
+
+
+def int8_matmul(
+    q: torch.Tensor,
+    scale: torch.Tensor,
+    qweight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+    backend: str,
+) -> torch.Tensor:
+    """``cast((q @ qweight.T) * scale[:, None] * weight_scale[None, :] + bias)``; ``qweight [N, K]``."""
+    if backend == "triton":
+        from smoothquant.kernels import triton_gemm
+
+        return triton_gemm.int8_gemm(q, scale, qweight, weight_scale, bias, out_dtype)
+    if backend == "cpu":
+        return cpu_kernels.int8_gemm(q, scale.contiguous(), qweight, weight_scale, bias, out_dtype)
+    acc = (q.double() @ qweight.double().t()).float()  # exact: |acc| < 2**53
+    out = acc * scale[:, None] * weight_scale[None, :]
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(out_dtype)
+
+
+def w8a8_linear(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    input_quant: ActQuant,
+    input_scale: torch.Tensor | None,
+    backend: str,
+) -> torch.Tensor:
+    """A linear layer in INT8: quantize ``x [..., K]`` per ``input_quant``, GEMM, epilogue."""
+    x2 = x.reshape(-1, x.shape[-1])
+    q, scale = quantize_rows(x2, input_quant, input_scale, backend)
+    y = int8_matmul(q, scale, qweight, weight_scale, bias, x.dtype, backend)
+    return y.reshape(*x.shape[:-1], qweight.shape[0])
+
+
+def norm_reference(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float, rms: bool, offset: float
+) -> torch.Tensor:
+    """The norm the fused norm + quantize kernel computes: fp32 math, one rounding to ``x.dtype``."""
+    xf = x.float()
+    if rms:
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    else:
+        y = F.layer_norm(xf, xf.shape[-1:], eps=eps)
+    y = y * (offset + weight.float())
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)
+
+
+def norm_quantize(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    eps: float,
+    rms: bool,
+    offset: float,
+    spec: ActQuant,
+    static_scale: torch.Tensor | None,
+    backend: str,
+) -> torch.Tensor:
+    """A norm whose output goes straight to INT8: packed rows ``[..., Kp + 16]`` (per-token
+    dynamic or per-tensor static scales). One kernel on Triton; norm then quantize elsewhere."""
+    if backend == "triton":
+        from smoothquant.kernels import triton_quant
+
+        return triton_quant.norm_quantize_rows(
+            x, weight, bias, eps, rms=rms, weight_offset=offset, static_scale=static_scale
+        )
+    y = norm_reference(x, weight, bias, eps, rms, offset)
+    q, scale = quantize_rows(y.reshape(-1, y.shape[-1]), spec, static_scale, backend)
+    return pack(q, scale).reshape(*x.shape[:-1], -1)

@@ -1,0 +1,135 @@
+"""The Triton kernels (CPU interpreter in CI) and the CPU backend against the reference math.
+
+Shapes are small and odd on purpose: M, N and K are not multiples of any tile, so masks, padded
+row strides and out-of-range TMA boxes are all exercised.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from smoothquant.kernels.packing import pack, unpack
+from smoothquant.quantization.quantizer import quantize_activation
+from smoothquant.quantization.scheme import TENSOR_DYNAMIC, TENSOR_STATIC, TOKEN_DYNAMIC
+from smoothquant.runtime import ops
+
+triton = pytest.importorskip("triton", reason="the Triton kernels need the triton package")
+from smoothquant.kernels import triton_gemm  # noqa: E402
+
+SPECS = [(TOKEN_DYNAMIC, None), (TENSOR_DYNAMIC, None), (TENSOR_STATIC, torch.tensor([0.05]))]
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+def _x(m: int, k: int, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    # rows of very different magnitudes, so per-token and per-tensor scales differ
+    return (torch.randn(m, k, generator=g) * torch.logspace(-2, 2, m)[:, None]).to(dtype)
+
+
+def _weight(n: int, k: int) -> torch.Tensor:
+    """int8 [n, k] stored with a 16-byte row stride, as Int8Linear stores it."""
+    g = torch.Generator().manual_seed(1)
+    kp = -(-k // 16) * 16
+    buf = torch.zeros(n, kp, dtype=torch.int8)
+    buf[:, :k] = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8)
+    return buf[:, :k]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("spec", "static"), SPECS)
+@pytest.mark.parametrize(("m", "k"), [(1, 7), (5, 37), (3, 5000)])
+def test_quantize_rows_gives_the_reference_integers(m, k, dtype, spec, static):
+    x = _x(m, k, dtype)
+    q, scale = ops.quantize_rows(x, spec, static, "triton")
+    q_ref, s_ref = quantize_activation(x.float(), spec, static)
+    assert q.dtype == torch.int8 and q.shape == (m, k)
+    assert torch.equal(q.float(), q_ref)
+    assert torch.equal(scale, s_ref.reshape(-1).expand(m))
+
+
+def test_quantize_rows_rounds_half_to_even_and_clamps():
+    x = torch.tensor([[0.5, 1.5, 2.5, -0.5, -2.5, 126.5, 300.0, -300.0, 0.0]])
+    q, _ = ops.quantize_rows(x, TENSOR_STATIC, torch.tensor([1.0]), "triton")
+    assert q.tolist() == [[0, 2, 2, 0, -2, 126, 127, -127, 0]]
+
+
+def test_nonfinite_rows_get_nan_scales():
+    x = _x(4, 33, torch.float32)
+    x[1, 3] = float("nan")
+    x[2, 0] = float("inf")
+    for spec, static in SPECS:
+        _, scale = ops.quantize_rows(x, spec, static, "triton")
+        if spec is TENSOR_DYNAMIC:  # one scale for all rows
+            assert scale.isnan().all()
+        else:
+            assert scale[1:3].isnan().all() and scale[[0, 3]].isfinite().all()
+
+
+def test_packed_rows_roundtrip():
+    q = torch.randint(-127, 128, (3, 21), dtype=torch.int8)
+    s = torch.rand(3)
+    packed = pack(q, s)
+    assert packed.shape == (3, 32 + 16) and packed.stride(0) % 16 == 0
+    q2, s2 = unpack(packed, 21)
+    assert torch.equal(q2, q) and torch.equal(s2, s)
+
+
+@pytest.mark.parametrize(
+    ("rms", "offset", "bias"), [(True, 0.0, False), (True, 1.0, False), (False, 0.0, True)]
+)
+@pytest.mark.parametrize(("spec", "static"), [SPECS[0], SPECS[2]])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_norm_quantize_equals_norm_then_quantize(rms, offset, bias, spec, static, dtype):
+    k = 45
+    x = (3 * _x(6, k, torch.float32)).to(dtype)
+    w = (1 + 0.3 * torch.randn(k)).to(dtype)
+    b = (0.1 * torch.randn(k)).to(dtype) if bias else None
+    got = ops.norm_quantize(x, w, b, 1e-5, rms, offset, spec, static, "triton")
+    want = ops.norm_quantize(x, w, b, 1e-5, rms, offset, spec, static, "reference")
+    qg, sg = unpack(got, k)
+    qw, sw = unpack(want, k)
+    if dtype == torch.bfloat16:  # the bf16 rounding of the norm output absorbs fp32 noise
+        assert torch.equal(qg, qw) and torch.equal(sg, sw)
+    else:  # fp32: the reduction order may move the norm by an ulp, an integer by at most one
+        assert (qg.int() - qw.int()).abs().max() <= 1 and (qg != qw).float().mean() < 0.01
+        torch.testing.assert_close(sg, sw, rtol=1e-6, atol=0)
+
+
+GEMM_CONFIGS = [
+    None,  # the heuristic choice
+    triton_gemm.GemmConfig(16, 16, 32, 4, 2),
+    triton_gemm.GemmConfig(32, 16, 64, 4, 2, group_m=2, persistent=True),
+    triton_gemm.GemmConfig(16, 32, 32, 4, 2, split_k=3),
+    triton_gemm.GemmConfig(16, 16, 32, 4, 2, persistent=True, subtile=True),
+]
+
+
+@pytest.mark.parametrize("config", GEMM_CONFIGS, ids=str)
+@pytest.mark.parametrize(("m", "n", "k"), [(5, 37, 70), (33, 24, 129), (1, 40, 33)])
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
+def test_int8_gemm_matches_reference(m, n, k, config, out_dtype):
+    q, s = ops.quantize_rows(_x(m, k, torch.float32), TOKEN_DYNAMIC, None, "triton")
+    w = _weight(n, k)
+    ws = torch.rand(n) + 0.1
+    bias = torch.randn(n).to(out_dtype)
+    got = triton_gemm.int8_gemm(q, s, w, ws, bias, out_dtype, config)
+    want = ops.int8_matmul(q, s, w, ws, bias, torch.float64, "reference")
+    # fp32 epilogue: within fp32 rounding; bf16: within one bf16 rounding (the interpreter
+    # truncates instead of rounding to nearest, so allow a full ulp)
+    tol = 1e-6 if out_dtype == torch.float32 else 2**-7
+    assert got.dtype == out_dtype and got.shape == (m, n)
+    torch.testing.assert_close(got.double(), want.double(), rtol=tol, atol=tol * want.abs().max().item())
+
+
+@pytest.mark.parametrize(("spec", "static"), SPECS)
+def test_cpu_backend_equals_reference(spec, static):
+    x = _x(9, 70, torch.bfloat16)
+    w, ws, bias = _weight(23, 70), torch.rand(23) + 0.1, torch.randn(23).bfloat16()
+    q_cpu, s_cpu = ops.quantize_rows(x, spec, static, "cpu")
+    q_ref, s_ref = ops.quantize_rows(x, spec, static, "reference")
+    assert torch.equal(q_cpu, q_ref) and torch.equal(s_cpu, s_ref)
+    got = ops.w8a8_linear(x, w, ws, bias, spec, static, "cpu")
+    want = ops.w8a8_linear(x, w, ws, bias, spec, static, "reference")
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want.float(), rtol=2**-8, atol=1e-3)

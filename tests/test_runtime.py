@@ -1,0 +1,131 @@
+"""The INT8 runtime: Int8Linear/Int8Norm, ``convert`` on tiny models, and the bench helpers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import smoothquant as sq
+from smoothquant.errors import BackendError, QuantizationError
+from smoothquant.quantization import FakeQuantLinear
+from smoothquant.quantization.scheme import PER_CHANNEL, PER_TENSOR, TENSOR_STATIC, TOKEN_DYNAMIC
+from smoothquant.runtime import Int8Linear, Int8Norm, convert, resolve_backend
+from tiny_models import tiny_batches, tiny_model
+
+
+def _triton_or_skip() -> None:
+    pytest.importorskip("triton", reason="the Triton backend needs the triton package")
+
+
+@pytest.mark.parametrize("family", ["llama", "opt", "falcon-7b"])
+@pytest.mark.parametrize("scheme", ["w8a8", "O1", "O3"])
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_converted_model_logits_equal_fake_quant(family, scheme, backend):
+    if backend == "triton":
+        _triton_or_skip()
+    model = tiny_model(family, torch.bfloat16)
+    ids = tiny_batches(2, 12)
+    sq.quantize_model(model, ids, scheme=scheme, alpha=0.5)
+    with torch.no_grad():
+        want = model(ids).logits.float()
+        convert(model, backend)
+        got = model(ids).logits.float()
+    report = model.smoothquant_conversion
+    assert not any(isinstance(m, FakeQuantLinear) for m in model.modules())
+    assert len(report.converted) == sum(isinstance(m, Int8Linear) for m in model.modules()) > 0
+    # folded norms: every block's norms on Triton, none elsewhere
+    assert len(report.folded_norms) == (sum(isinstance(m, Int8Norm) for m in model.modules()))
+    assert (len(report.folded_norms) > 0) == (backend == "triton")
+    # same integers; the outputs differ by bf16 rounding of intermediate results only
+    assert ((got - want).norm() / want.norm()).item() < 2e-2
+
+
+@pytest.mark.parametrize("weights", [PER_TENSOR, PER_CHANNEL])
+@pytest.mark.parametrize("acts", [TOKEN_DYNAMIC, TENSOR_STATIC])
+def test_int8_linear_from_float_and_from_fake_agree_with_fake_quant(weights, acts):
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(37, 19, bias=True)
+    absmax = 3.0 if not acts.dynamic else None
+    fake = FakeQuantLinear.from_float(lin, weights, acts, input_absmax=absmax)
+    x = torch.randn(2, 5, 37)
+    want = fake(x)
+    for module in (
+        Int8Linear.from_fake(fake, "cpu"),
+        Int8Linear.from_float(lin, weights, acts, absmax, "cpu"),
+    ):
+        assert module.qweight.dtype == torch.int8 and module.qweight.stride(0) % 16 == 0
+        assert torch.equal(module.weight_int8, fake.qweight)
+        torch.testing.assert_close(module(x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_int8_linear_keeps_scales_fp32_when_cast():
+    fake = FakeQuantLinear.from_float(torch.nn.Linear(16, 8), PER_TENSOR, TENSOR_STATIC, input_absmax=2.0)
+    module = Int8Linear.from_fake(fake, "cpu").to(torch.bfloat16)
+    assert module.weight_scale.dtype == torch.float32 and module.input_scale.dtype == torch.float32
+    assert module.bias.dtype == torch.bfloat16 and module.out_dtype == torch.bfloat16
+    assert module(torch.randn(3, 16, dtype=torch.bfloat16)).dtype == torch.bfloat16
+
+
+def test_unsupported_schemes_stay_fake_quant():
+    model = tiny_model("llama", torch.float32)
+    sq.quantize(model, "zeroquant")
+    convert(model, "cpu")
+    report = model.smoothquant_conversion
+    assert not report.converted and len(report.kept) == 14
+    assert "group-wise weight scales" in next(iter(report.kept.values()))
+    assert "kept as fake-quant" in report.summary()
+
+
+def test_convert_errors():
+    model = tiny_model("llama", torch.float32)
+    with pytest.raises(QuantizationError, match="quantize first"):
+        convert(model)
+    with pytest.raises(BackendError, match="unknown backend"):
+        resolve_backend("tpu", torch.device("cpu"))
+    with pytest.raises(BackendError, match="CPU tensors"):
+        resolve_backend("cpu", torch.device("meta"))
+
+
+def test_triton_backend_on_cpu_needs_the_interpreter(monkeypatch):
+    _triton_or_skip()
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(BackendError, match="TRITON_INTERPRET"):
+        resolve_backend("triton", torch.device("cpu"))
+    assert resolve_backend("auto", torch.device("cpu")) == "cpu"
+
+
+def test_norm_fold_refuses_a_norm_it_does_not_understand():
+    class ScaledNorm(torch.nn.Module):  # an RMSNorm with an extra factor 2: not a standard norm
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(8))
+            self.eps = 1e-6
+
+        def forward(self, x):
+            return 2 * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+    assert isinstance(Int8Norm.from_norm(ScaledNorm(), 0.0, TOKEN_DYNAMIC, None), str)
+    assert isinstance(Int8Norm.from_norm(torch.nn.LayerNorm(8), 0.0, TOKEN_DYNAMIC, None), Int8Norm)
+
+
+def test_bench_measure_runs_on_cpu():
+    from smoothquant.bench import model as bench_model
+
+    model = tiny_model("llama", torch.float32)
+    fp = bench_model.measure(model, "fp32", [(1, 8)], [(1, 8)], reps=1)
+    sq.quantize(model, "w8a8")
+    convert(model, "cpu")
+    q = bench_model.measure(model, "w8a8", [(1, 8)], [(1, 8)], reps=1)
+    assert q.block_weight_gb < fp.block_weight_gb / 3  # int8 instead of fp32
+    assert fp.prefill_ms["1x8"] > 0 and q.decode_tok_s["b1@8"] > 0
+    table = bench_model.format_table([fp, q])
+    assert table.count("\n") == 3 and "w8a8" in table
+
+
+def test_bench_cli_without_gpu_is_a_clear_error(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    from smoothquant.cli import main
+
+    assert main(["bench", "gemm"]) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
