@@ -59,7 +59,7 @@ def test_quantize_command_writes_a_loadable_checkpoint(tiny_checkpoint, capsys, 
     assert recipe["scheme"] == "O3" and set(recipe["alpha"].values()) == {0.7}
     assert recipe["calibration"]["num_sequences"] == 4 and recipe["calibration"]["seq_len"] == 32
     assert (out / "tokenizer.json").is_file()
-    loaded = sq.load(out)
+    loaded = sq.load(out, backend=None)
     assert isinstance(loaded.model.layers[1].mlp.down_proj, sq.FakeQuantLinear)
     # the same command again refuses to overwrite, then replaces with --force
     code, _, stderr = _run(args, capsys)

@@ -40,7 +40,7 @@ def test_round_trip_identical_logits(tmp_path, family, scheme):
     model, result = _quantized(family, scheme)
     expected = _logits(model)
     sq.save_quantized(result, tmp_path / "q")
-    loaded = sq.load(tmp_path / "q")
+    loaded = sq.load(tmp_path / "q", backend=None)
     assert torch.equal(_logits(loaded), expected)
     ours = {n: m for n, m in model.named_modules() if isinstance(m, sq.FakeQuantLinear)}
     theirs = {n: m for n, m in loaded.named_modules() if isinstance(m, sq.FakeQuantLinear)}
@@ -53,10 +53,25 @@ def test_round_trip_identical_logits(tmp_path, family, scheme):
             assert torch.equal(m.input_scale, t.input_scale)
 
 
+@pytest.mark.parametrize("scheme", ["w8a8", "O3"])
+def test_load_runs_on_the_int8_runtime(tmp_path, scheme):
+    """By default load() puts the linears on the INT8 runtime: the same integers as the saved
+    model, identical to converting the saved model itself, and within rounding of the simulation."""
+    from smoothquant.runtime import Int8Linear, convert
+
+    model, result = _quantized("llama", scheme)
+    simulated = _logits(model)
+    sq.save_quantized(result, tmp_path / "q")
+    loaded = sq.load(tmp_path / "q")
+    assert isinstance(loaded.model.layers[0].self_attn.q_proj, Int8Linear)
+    assert torch.equal(_logits(loaded), _logits(convert(model)))
+    torch.testing.assert_close(_logits(loaded), simulated, rtol=1e-4, atol=1e-4)
+
+
 def test_round_trip_keeps_float64(tmp_path):
     model, result = _quantized("gemma3", "O3", dtype=torch.float64)
     sq.save_quantized(result, tmp_path / "q")
-    loaded = sq.load(tmp_path / "q")
+    loaded = sq.load(tmp_path / "q", backend=None)
     assert next(loaded.parameters()).dtype == torch.float64
     assert torch.equal(_logits(loaded), _logits(model))
 
@@ -131,7 +146,7 @@ def test_qwen_moe_ignores_routers_and_shared_expert_gate(tmp_path):
     qc = json.loads((tmp_path / "q" / "config.json").read_text())["quantization_config"]
     routers = {"model.layers.0.mlp.gate", "model.layers.0.mlp.shared_expert_gate"}
     assert routers | {"lm_head"} <= set(qc["ignore"])
-    assert torch.equal(_logits(sq.load(tmp_path / "q")), _logits(model))
+    assert torch.equal(_logits(sq.load(tmp_path / "q", backend=None)), _logits(model))
 
 
 def test_tied_embeddings_stored_once_and_tied_back(tmp_path):
@@ -139,7 +154,7 @@ def test_tied_embeddings_stored_once_and_tied_back(tmp_path):
     assert model.lm_head.weight is model.model.decoder.embed_tokens.weight
     sq.save_quantized(result, tmp_path / "q")
     assert "lm_head.weight" not in _tensors(tmp_path / "q")
-    loaded = sq.load(tmp_path / "q")
+    loaded = sq.load(tmp_path / "q", backend=None)
     assert loaded.lm_head.weight is loaded.model.decoder.embed_tokens.weight
 
 
@@ -198,6 +213,6 @@ def test_quantized_lm_head_is_untied(tmp_path):
     config = json.loads((tmp_path / "q" / "config.json").read_text())
     assert config["tie_word_embeddings"] is False
     assert "lm_head" not in config["quantization_config"]["ignore"]
-    loaded = sq.load(tmp_path / "q")
+    loaded = sq.load(tmp_path / "q", backend=None)
     assert isinstance(loaded.lm_head, sq.FakeQuantLinear)
     assert torch.equal(_logits(loaded), _logits(model))

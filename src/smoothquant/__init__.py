@@ -6,8 +6,9 @@ The public API is a handful of functions, in the order data flows through them::
     smoothed = smoothquant.smooth(model, stats, alpha=0.5)  # migrate outliers into weights
     smoothquant.quantize(model, "O3", smoothed)             # W8A8 (simulated) linears
 
-or all three at once with :func:`quantize_model`; then ``save_quantized(result, "out")`` writes a
-compressed-tensors checkpoint (what vLLM serves) and ``load("out")`` reads one back.
+or all three at once with :func:`quantize_model`; ``convert(model)`` then runs the quantized
+linears on INT8 kernels, ``save_quantized(result, "out")`` writes a compressed-tensors checkpoint
+(what vLLM serves) and ``load("out")`` reads one back onto the INT8 runtime.
 """
 
 from smoothquant.calibration import ActStats, calibrate
@@ -24,6 +25,7 @@ from smoothquant.quantization import (
     get_scheme,
     quantize,
 )
+from smoothquant.runtime import convert
 from smoothquant.smoothing import smooth
 
 __version__ = "0.1.0"
@@ -41,6 +43,7 @@ __all__ = [
     "WeightQuant",
     "__version__",
     "calibrate",
+    "convert",
     "get_scheme",
     "load",
     "load_stats",

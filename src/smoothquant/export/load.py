@@ -167,13 +167,19 @@ def _fake_quant(
 
 
 def load(
-    path: str | os.PathLike, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    path: str | os.PathLike,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    backend: str | None = "auto",
 ) -> nn.Module:
-    """Load a W8A8 INT8 compressed-tensors checkpoint as a model of :class:`FakeQuantLinear`.
+    """Load a W8A8 INT8 compressed-tensors checkpoint, ready to run on the INT8 runtime.
 
-    ``dtype`` is the dtype of the floating-point parameters (default: the one in config.json);
-    integers and fp32 scales are kept exactly as stored, so a checkpoint written by
-    :func:`save_quantized` reproduces the saved model's logits bit for bit.
+    The linears are first rebuilt as :class:`FakeQuantLinear` holding exactly the stored integers
+    and fp32 scales, then ``runtime.convert(model, backend)`` moves every one the INT8 kernels
+    support onto them (``"auto"``: Triton on CUDA, ``torch._int_mm`` on CPU). ``backend=None``
+    keeps the fake-quant simulation, which reproduces the saved model's logits bit for bit.
+    ``dtype`` is the dtype of the floating-point parameters (default: the one in config.json).
     """
     path = Path(path)
     if not path.is_dir():
@@ -215,7 +221,12 @@ def load(
             param.copy_(value)
     for name, fq in replacements.items():
         set_submodule(model, name, fq)
-    return model.to(device)
+    model.to(device)
+    if backend is not None:
+        from smoothquant.runtime import convert
+
+        convert(model, backend)
+    return model
 
 
 def _persistent_buffers(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
