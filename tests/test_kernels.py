@@ -133,3 +133,20 @@ def test_cpu_backend_equals_reference(spec, static):
     want = ops.w8a8_linear(x, w, ws, bias, spec, static, "reference")
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), want.float(), rtol=2**-8, atol=1e-3)
+
+
+@pytest.mark.parametrize("k", [1, 1024, 1025, 2500])
+def test_cpu_int8_accumulation_is_exact_on_both_paths(k, monkeypatch):
+    """The chunked fp32 path (CPUs without int8 dot products) gives the int64 result exactly, also
+    at the worst case: every product 127 * 127, K past the 1024-channel chunk."""
+    from smoothquant.kernels import cpu
+
+    g = torch.Generator().manual_seed(k)
+    a = torch.randint(-127, 128, (5, k), generator=g, dtype=torch.int8)
+    b = torch.randint(-127, 128, (7, k), generator=g, dtype=torch.int8)
+    a[0], b[0] = 127, 127  # the largest possible sum
+    exact = a.to(torch.int64) @ b.to(torch.int64).t()
+    for has_dot in (False, True):
+        monkeypatch.setattr(cpu, "has_int8_dot", lambda v=has_dot: v)
+        got = cpu.int8_accumulate(a, b)
+        assert got.dtype == torch.int32 and torch.equal(got.to(torch.int64), exact)

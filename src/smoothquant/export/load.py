@@ -177,7 +177,7 @@ def load(
 
     The linears are first rebuilt as :class:`FakeQuantLinear` holding exactly the stored integers
     and fp32 scales, then ``runtime.convert(model, backend)`` moves every one the INT8 kernels
-    support onto them (``"auto"``: Triton on CUDA, ``torch._int_mm`` on CPU). ``backend=None``
+    support onto them (``"auto"``: Triton on CUDA, exact int8 GEMMs on CPU). ``backend=None``
     keeps the fake-quant simulation, which reproduces the saved model's logits bit for bit.
     ``dtype`` is the dtype of the floating-point parameters (default: the one in config.json).
     """

@@ -3,7 +3,7 @@
 Three backends compute the same integers (the math of ``quantization/quantizer.py``):
 
 - ``"triton"``: this project's Triton kernels (CUDA; on CPU only under ``TRITON_INTERPRET=1``),
-- ``"cpu"``: ``torch._int_mm`` on CPU tensors,
+- ``"cpu"``: exact int8 GEMM on CPU tensors (``torch._int_mm`` where the CPU has int8 dot products, chunked fp32 GEMMs elsewhere: ``kernels/cpu.py``),
 - ``"reference"``: pure torch, the int32 accumulation emulated exactly in float64.
 
 ``"auto"`` picks ``triton`` for CUDA tensors and ``cpu`` for CPU tensors. Activation integers
