@@ -22,6 +22,7 @@ from smoothquant.quantization import (
     get_scheme,
     quantize,
 )
+from smoothquant.search import AlphaSearch, alphas_from_recipe, search_alpha
 from smoothquant.smoothing import smooth
 
 __version__ = "0.1.0"
@@ -32,12 +33,14 @@ __all__ = [
     "PRESETS",
     "ActQuant",
     "ActStats",
+    "AlphaSearch",
     "FakeQuantLinear",
     "QuantizationResult",
     "Scheme",
     "SmoothQuantError",
     "WeightQuant",
     "__version__",
+    "alphas_from_recipe",
     "calibrate",
     "get_scheme",
     "load_stats",
@@ -45,6 +48,7 @@ __all__ = [
     "quantize",
     "quantize_model",
     "resolve",
+    "search_alpha",
     "smooth",
     "supported_families",
 ]
