@@ -26,6 +26,7 @@ from smoothquant.quantization import (
     quantize,
 )
 from smoothquant.runtime import convert
+from smoothquant.search import AlphaSearch, alphas_from_recipe, search_alpha
 from smoothquant.smoothing import smooth
 
 __version__ = "0.1.0"
@@ -36,12 +37,14 @@ __all__ = [
     "PRESETS",
     "ActQuant",
     "ActStats",
+    "AlphaSearch",
     "FakeQuantLinear",
     "QuantizationResult",
     "Scheme",
     "SmoothQuantError",
     "WeightQuant",
     "__version__",
+    "alphas_from_recipe",
     "calibrate",
     "convert",
     "get_scheme",
@@ -53,6 +56,7 @@ __all__ = [
     "quantize_model",
     "resolve",
     "save_quantized",
+    "search_alpha",
     "smooth",
     "supported_families",
 ]

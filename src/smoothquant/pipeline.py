@@ -8,15 +8,17 @@ was done, so export can write a recipe.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from torch import nn
 
 from smoothquant.calibration import ActStats, calibrate
 from smoothquant.calibration.batches import Batches
-from smoothquant.errors import CalibrationError
+from smoothquant.errors import ArgumentError, CalibrationError
 from smoothquant.quantization import Scheme, get_scheme, quantize
+from smoothquant.search import AlphaSearch, search_alpha
 from smoothquant.smoothing import smooth
 from smoothquant.smoothing.smooth import Alpha
 
@@ -29,9 +31,16 @@ class QuantizationResult:
     smoothed_stats: ActStats | None
     alpha: dict[str, float | None] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    linear_pairs: bool = False
+    search: AlphaSearch | None = None
 
     def recipe(self) -> dict[str, Any]:
-        """What was applied, JSON-serialisable (scheme, alpha per group, calibration size)."""
+        """What was applied, JSON-serialisable (scheme, alpha per group, calibration size).
+
+        ``alpha`` and ``linear_pairs`` replay the smoothing:
+        ``quantize_model(..., alpha=alphas_from_recipe(r), linear_pairs=r["linear_pairs"])``;
+        ``alpha_search`` says how automatic alphas were chosen (None for given alphas).
+        """
         s = self.scheme
         return {
             "scheme": s.name,
@@ -41,6 +50,8 @@ class QuantizationResult:
             "outlier_threshold": s.outlier_threshold,
             "migration": s.migration,
             "alpha": self.alpha,
+            "linear_pairs": self.linear_pairs,
+            "alpha_search": self.search.to_recipe() if self.search else None,
             "calibration": {k: self.stats.meta.get(k) for k in ("num_tokens", "num_sequences")}
             if self.stats
             else None,
@@ -51,9 +62,10 @@ def quantize_model(
     model: nn.Module,
     calibration: Batches | None = None,
     scheme: str | Scheme = "w8a8",
-    alpha: Alpha = 0.5,
+    alpha: Alpha | Literal["auto"] = 0.5,
     *,
-    linear_pairs: bool = False,
+    linear_pairs: bool | None = None,
+    search_options: Mapping[str, Any] | None = None,
     stats: ActStats | None = None,
     seq_len: int | None = 512,
     batch_size: int = 1,
@@ -65,7 +77,17 @@ def quantize_model(
     """Calibrate (unless ``stats`` are given), smooth as the scheme says, and quantize in place.
 
     Dynamic baselines (``naive``, ``zeroquant``, ``llm.int8``) need no calibration data.
+    ``alpha="auto"`` chooses alpha (or off) per smoothing group with :func:`search_alpha` on the
+    calibration data (``search_options`` are passed to it: ``per_block``, ``grid``, ``num_samples``,
+    ``reference``...) and prints a summary when ``progress``. ``linear_pairs`` (also smooth
+    ``v_proj -> o_proj``, ``up_proj -> down_proj``...) defaults to True with ``"auto"``, which can
+    switch each of them off, and to False with a given alpha, as in the paper.
     """
+    auto = isinstance(alpha, str)
+    if auto and alpha != "auto":
+        raise ArgumentError(f"alpha must be a number, a mapping of group ids, or 'auto'; got {alpha!r}")
+    if linear_pairs is None:
+        linear_pairs = auto
     scheme = get_scheme(scheme, quantize_bmm_inputs=quantize_bmm_inputs)
     seconds: dict[str, float] = {}
     calib_kwargs = dict(seq_len=seq_len, batch_size=batch_size, num_samples=num_samples, progress=progress)
@@ -77,6 +99,25 @@ def quantize_model(
         seconds["calibrate"] = time.perf_counter() - t
     smoothed = stats
     applied: dict[str, float | None] = {}
+    search = None
+    if auto and scheme.migration == "smoothquant":
+        if calibration is None:
+            raise CalibrationError(
+                "alpha='auto' searches on calibration data: pass it (stats alone are not enough)"
+            )
+        options = {
+            "seq_len": seq_len,
+            "batch_size": batch_size,
+            "progress": progress,
+            **(search_options or {}),
+        }
+        search = search_alpha(model, calibration, scheme, stats=stats, linear_pairs=linear_pairs, **options)
+        alpha = search.alpha
+        seconds["search"] = search.seconds
+        if progress:
+            print(search.summary())
+    elif auto:
+        alpha = 0.5  # gamma migration has no alpha
     if scheme.migration != "none":
         t = time.perf_counter()
         method = "gamma" if scheme.migration == "gamma" else "smoothquant"
@@ -91,4 +132,4 @@ def quantize_model(
     t = time.perf_counter()
     quantize(model, scheme, smoothed, quantize_lm_head=quantize_lm_head)
     seconds["quantize"] = time.perf_counter() - t
-    return QuantizationResult(model, scheme, stats, smoothed, applied, seconds)
+    return QuantizationResult(model, scheme, stats, smoothed, applied, seconds, linear_pairs, search)

@@ -51,6 +51,27 @@ def quantization_targets(
     return targets
 
 
+def quantized_linear(
+    module: nn.Module,
+    scheme: Scheme,
+    *,
+    quantize_out: bool = False,
+    input_absmax: float | None = None,
+    output_absmax: float | None = None,
+) -> FakeQuantLinear:
+    """One linear as ``scheme`` quantizes it (``quantize_out``: it feeds an attention BMM);
+    static schemes pass the calibrated absmax of its input (and output)."""
+    return FakeQuantLinear.from_float(
+        module,
+        scheme.weights,
+        scheme.inputs,
+        scheme.outputs if quantize_out else None,
+        outlier_threshold=scheme.outlier_threshold,
+        input_absmax=input_absmax,
+        output_absmax=output_absmax,
+    )
+
+
 def quantize(
     model: nn.Module,
     scheme: str | Scheme = "w8a8",
@@ -114,12 +135,10 @@ def quantize(
     replacements = {}
     for name, module in targets.items():
         quantize_out = name in bmm
-        replacements[name] = FakeQuantLinear.from_float(
+        replacements[name] = quantized_linear(
             module,
-            scheme.weights,
-            scheme.inputs,
-            scheme.outputs if quantize_out else None,
-            outlier_threshold=scheme.outlier_threshold,
+            scheme,
+            quantize_out=quantize_out,
             input_absmax=_static_absmax(stats, "inputs", name, scheme.inputs) if static_in else None,
             output_absmax=_static_absmax(stats, "outputs", name, scheme.outputs)
             if static_out and quantize_out

@@ -64,7 +64,7 @@ def _expert_prefixes(resolved: ResolvedModel) -> tuple[str, ...]:
     return tuple(f"{b}.{experts.path}." for b in resolved.blocks) if experts else ()
 
 
-def _validate(
+def check_stats(
     resolved: ResolvedModel, groups: list[ResolvedGroup], stats: ActStats, model: nn.Module
 ) -> None:
     stats_id = stats.meta.get("smoothing_id")
@@ -85,6 +85,43 @@ def _validate(
             if name in stats.inputs or not (experts and name.startswith(experts)):
                 expected[name] = in_out_features(module)[0]
     stats.validate(expected, what="smoothing")
+
+
+def group_scales(
+    g: ResolvedGroup, stats: ActStats, alpha: float, dt: torch.dtype, method: str = "smoothquant"
+) -> torch.Tensor | None:
+    """The factors ``s`` of one group from ``stats`` and its consumers' current weights (None when
+    no consumer saw a calibration token, so there is nothing to balance)."""
+    index = g.channel_index()
+    present = [n for n in g.consumers if n in stats.inputs]
+    if not present:
+        return None
+    if method == "gamma":
+        return gamma_scales(g.producer.weight.to(dt) + g.norm_offset, dt)
+    act = torch.stack([reduce_to_producer(stats.inputs[n].to(dt), index, g.width) for n in present])
+    w = torch.stack(
+        [
+            reduce_to_producer(weight_oi(m).detach().abs().amax(0).to(dt).cpu(), index, g.width)
+            for m in g.consumers.values()
+        ]
+    )
+    return smoothing_scales(act.amax(0), w.amax(0), alpha, dt)
+
+
+def apply_group(g: ResolvedGroup, s: torch.Tensor, stats: ActStats) -> None:
+    """Fold ``s`` into the group's modules and update ``stats`` (in place) to match: inputs of its
+    consumers divided by ``s``, and the smoothed rows of a linear producer's recorded outputs."""
+    device = weight_oi(next(iter(g.consumers.values()))).device
+    fold_into_producer(g, s.to(device))
+    fold_into_consumers(g, s.to(device))
+    s_in = expand_to_consumer(s, g.channel_index()).float()
+    for n in (*g.consumers, *g.passive):  # passive readers that are linears were observed too
+        if n in stats.inputs:
+            stats.inputs[n] = stats.inputs[n] / s_in
+            stats.token_hist.pop(n, None)
+    if g.is_linear_pair and g.producer_name in stats.outputs:
+        rows = g.rows or slice(None)
+        stats.outputs[g.producer_name][rows] = stats.outputs[g.producer_name][rows] / s.float()
 
 
 @torch.no_grad()
@@ -122,7 +159,7 @@ def smooth(
         g for g in resolved.groups if (linear_pairs and method == "smoothquant") or not g.is_linear_pair
     ]
     alphas = resolve_alphas([g.id for g in groups], alpha)
-    _validate(resolved, groups, stats, model)
+    check_stats(resolved, groups, stats, model)
 
     dt = compute_dtype(model_dtype(model))
     out = stats.copy()
@@ -134,34 +171,12 @@ def smooth(
         applied[g.id] = a
         if a is None:
             continue
-        index = g.channel_index()
-        present = [n for n in g.consumers if n in stats.inputs]
-        if not present:
+        s = group_scales(g, stats, a, dt, method)
+        if s is None:
             log.warning("smoothing group %s skipped: its consumers saw no calibration tokens", g.id)
             applied[g.id] = None
             continue
-        if method == "gamma":
-            s = gamma_scales(g.producer.weight.to(dt) + g.norm_offset, dt)
-        else:
-            act = torch.stack([reduce_to_producer(stats.inputs[n].to(dt), index, g.width) for n in present])
-            w = torch.stack(
-                [
-                    reduce_to_producer(weight_oi(m).detach().abs().amax(0).to(dt).cpu(), index, g.width)
-                    for m in g.consumers.values()
-                ]
-            )
-            s = smoothing_scales(act.amax(0), w.amax(0), a, dt)
-        device = weight_oi(next(iter(g.consumers.values()))).device
-        fold_into_producer(g, s.to(device))
-        fold_into_consumers(g, s.to(device))
-        s_in = expand_to_consumer(s, index).float()
-        for n in (*g.consumers, *g.passive):  # passive readers that are linears were observed too
-            if n in out.inputs:
-                out.inputs[n] = out.inputs[n] / s_in
-                out.token_hist.pop(n, None)
-        if g.is_linear_pair and g.producer_name in out.outputs:
-            rows = g.rows or slice(None)
-            out.outputs[g.producer_name][rows] = out.outputs[g.producer_name][rows] / s.float()
+        apply_group(g, s, out)
     record = {"method": method, "linear_pairs": linear_pairs, "alpha": applied}
     out.meta["smoothing_id"] = record_smoothing(model, record)
     out.meta["smoothing"] = record

@@ -1,0 +1,503 @@
+"""``search_alpha``: choose the migration strength of every smoothing group from data.
+
+The paper tunes one alpha per model by hand. Here each group (``model.layers.3.attn_in``, and the
+linear -> linear groups ``attn_out``/``mlp_out``...) gets the alpha, or ``None`` (no smoothing),
+whose *quantized* output under the actual scheme is closest to floating point on calibration
+data. The search walks the decoder blocks in order on cached block inputs, so its cost is about
+three forward passes plus the trial quantizations:
+
+1. one forward pass records what every block is called with (:mod:`.blocks`);
+2. per block, the floating-point block runs once with hooks that keep its linears' inputs;
+3. per group, each candidate alpha folds its scales into copies of the consumers, quantizes
+   them exactly as :func:`smoothquant.quantize` would (static scales from the statistics that
+   :func:`smoothquant.smooth` would return), and measures the squared error of their outputs
+   against the floating-point outputs on the same inputs;
+4. the winners are folded into a copy of the block, which is quantized and (``reference=
+   "quantized"``, the default) produces the inputs of the next block, so later blocks are tuned
+   for the inputs they will really see.
+
+Groups whose producer is a linear are searched before the norm groups of their block, the order
+in which :func:`smooth` applies them, so the scales chosen here are exactly those that
+``smooth(model, stats, alpha=result.alpha, linear_pairs=...)`` then folds into the model. The model
+itself is never modified (fused MoE experts are unfolded, which keeps its function).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from smoothquant.calibration import ActStats, calibrate
+from smoothquant.calibration.batches import Batches, make_batches, sequences
+from smoothquant.errors import ArgumentError, SchemeError, StatsMismatchError
+from smoothquant.families import ResolvedGroup, ResolvedModel, prepare_model, resolve
+from smoothquant.nn_utils import compute_dtype, model_dtype, set_submodule
+from smoothquant.quantization import Scheme, get_scheme
+from smoothquant.quantization.apply import quantized_linear
+from smoothquant.search.blocks import BlockCall, capture_block_calls, run_capturing
+from smoothquant.smoothing.fold import fold_into_consumers
+from smoothquant.smoothing.scales import expand_to_consumer
+from smoothquant.smoothing.smooth import apply_group, check_stats, group_scales
+
+DEFAULT_GRID: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(21))
+REFERENCES = ("quantized", "fp")
+Candidate = float | None
+
+
+def _label(alpha: Candidate) -> str:
+    return "off" if alpha is None else f"{alpha:g}"
+
+
+@dataclass
+class AlphaSearch:
+    """What :func:`search_alpha` chose and why.
+
+    ``alpha``: group id -> chosen alpha (``None``: left unsmoothed), ready for ``smooth(alpha=...)``.
+    ``errors``: group id (block name with ``per_block``) -> {candidate: relative squared error of
+    the quantized outputs, ``"off"`` for None}; only the candidates the search evaluated.
+    ``block_errors``: block name -> relative squared error of the quantized block's output.
+    """
+
+    alpha: dict[str, float | None]
+    errors: dict[str, dict[str, float]]
+    block_errors: dict[str, float]
+    scheme: str
+    linear_pairs: bool
+    per_block: bool
+    reference: str
+    grid: tuple[float, ...]
+    num_tokens: int
+    seconds: float
+    evaluations: int = 0
+
+    def table(self) -> str:
+        """One row per decoder block, one column per group kind (``-``: off)."""
+        kinds: list[str] = []
+        rows: dict[str, dict[str, list[float | None]]] = {}
+        for gid, a in self.alpha.items():
+            block, kind = _split_group_id(gid)
+            if kind not in kinds:
+                kinds.append(kind)
+            rows.setdefault(block, {}).setdefault(kind, []).append(a)
+        width = max([len(k) for k in kinds] + [9])
+        head = "block".ljust(6) + "".join(k.rjust(width + 1) for k in kinds) + "  output err"
+        lines = [head]
+        for block, cells in rows.items():
+            err = self.block_errors.get(block)
+            lines.append(
+                block.rpartition(".")[2].ljust(6)
+                + "".join(_cell(cells.get(k, [])).rjust(width + 1) for k in kinds)
+                + (f"  {err:10.2e}" if err is not None else "")
+            )
+        return "\n".join(lines)
+
+    def summary(self) -> str:
+        """A few lines: per group kind, how many are off and the range of the chosen alphas."""
+        by_kind: dict[str, list[float | None]] = {}
+        for gid, a in self.alpha.items():
+            by_kind.setdefault(_split_group_id(gid)[1], []).append(a)
+        parts = []
+        for kind, values in by_kind.items():
+            on = [v for v in values if v is not None]
+            text = f"{kind}: "
+            if on:
+                text += f"{min(on):.2f}..{max(on):.2f} (median {statistics.median(on):.2f})"
+            off = len(values) - len(on)
+            if off:
+                text += f"{', ' if on else ''}off x{off}"
+            parts.append(text)
+        mode = "per block" if self.per_block else "per group"
+        head = (
+            f"auto alpha for {self.scheme} ({mode}, {len(self.alpha)} groups, {self.num_tokens} tokens, "
+            f"{self.seconds:.0f} s):"
+        )
+        return head + "\n  " + "\n  ".join(parts)
+
+    def to_recipe(self) -> dict[str, Any]:
+        """JSON-serialisable record of the search (the chosen alphas sit in the recipe's ``alpha``)."""
+        return {
+            "method": "auto",
+            "scheme": self.scheme,
+            "linear_pairs": self.linear_pairs,
+            "per_block": self.per_block,
+            "reference": self.reference,
+            "grid": list(self.grid),
+            "num_tokens": self.num_tokens,
+            "seconds": round(self.seconds, 3),
+            "error": {gid: self.errors.get(gid, {}).get(_label(a)) for gid, a in self.alpha.items()},
+        }
+
+
+def _split_group_id(gid: str) -> tuple[str, str]:
+    """``model.layers.3.attn_in`` -> (``model.layers.3``, ``attn_in``); ``...expert_out.5`` -> kind
+    ``expert_out`` (experts of one block share a column)."""
+    parts = gid.split(".")
+    for i, p in enumerate(parts):
+        if p.isdigit():
+            return ".".join(parts[: i + 1]), ".".join(q for q in parts[i + 1 :] if not q.isdigit())
+    return "", gid
+
+
+def _cell(values: list[float | None]) -> str:
+    """One table cell: an alpha, ``-`` (off), or the range over a block's experts."""
+    if not values:
+        return ""
+    on = [v for v in values if v is not None]
+    if len(values) == 1:
+        return "-" if not on else f"{on[0]:.2f}"
+    text = f"{min(on):.2f}..{max(on):.2f}" if on else ""
+    off = len(values) - len(on)
+    return text + (f"/-x{off}" if off else "")
+
+
+def alphas_from_recipe(recipe: Mapping[str, Any]) -> dict[str, float | None]:
+    """The per-group alphas stored in a recipe (``QuantizationResult.recipe()``, or its JSON), as
+    a mapping ``smooth``/``quantize_model`` accept. Replay with the recipe's ``linear_pairs``."""
+    alpha = recipe.get("alpha") if isinstance(recipe, Mapping) else None
+    if not isinstance(alpha, Mapping) or not alpha:
+        raise ArgumentError(
+            "this recipe holds no per-group alphas (key 'alpha' missing or empty); it was not written "
+            "by a smoothing scheme"
+        )
+    out: dict[str, float | None] = {}
+    for gid, value in alpha.items():
+        ok = value is None or (
+            isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
+        )
+        if not isinstance(gid, str) or not ok:
+            raise ArgumentError(
+                f"recipe alpha for {gid!r} is {value!r}; expected a number in [0, 1] or null (off)"
+            )
+        out[gid] = None if value is None else float(value)
+    return out
+
+
+def _check_scheme(scheme: Scheme) -> None:
+    if scheme.migration != "smoothquant":
+        raise SchemeError(
+            f"alpha search tunes SmoothQuant migration; scheme {scheme.name} uses migration "
+            f"{scheme.migration!r}. Use O1, O2, O3, w8a8 or a Scheme with migration='smoothquant'"
+        )
+    if any(q is not None and q.clip_quantile is not None for q in (scheme.inputs, scheme.outputs)):
+        raise SchemeError(
+            f"scheme {scheme.name} clips static ranges at token quantiles, which the search cannot "
+            "predict for smoothed inputs; search with the unclipped scheme, or pass a fixed alpha"
+        )
+
+
+def _check_grid(grid: Sequence[float]) -> tuple[float, ...]:
+    values = sorted({float(a) for a in grid})
+    if not values or any(not 0.0 <= a <= 1.0 or math.isnan(a) for a in values):
+        raise ArgumentError(f"grid must hold alphas in [0, 1], got {list(grid)!r}")
+    return tuple(values)
+
+
+def _refine(evaluate: Callable[[Candidate], float], grid: tuple[float, ...], exhaustive: bool) -> dict:
+    """Errors of ``None`` and of grid points: all of them, or coarse to fine (stride 4, 2, 1 around
+    the best so far), which needs about half the evaluations when the error is unimodal in alpha."""
+    results: dict[Candidate, float] = {None: evaluate(None)}
+    n = len(grid)
+    stride = 1 if exhaustive else max(1, 2 ** int(math.log2(max(1, (n - 1) // 4))))
+    todo = sorted(set(range(0, n, stride)) | {n - 1})
+    while True:
+        for i in todo:
+            if grid[i] not in results:
+                results[grid[i]] = evaluate(grid[i])
+        if stride == 1:
+            return results
+        best = min(range(n), key=lambda i: results.get(grid[i], math.inf))
+        stride //= 2
+        todo = [i for i in (best - stride, best + stride) if 0 <= i < n]
+
+
+def _rebind(g: ResolvedGroup, block_name: str, block: nn.Module) -> ResolvedGroup:
+    """The same group bound to the modules of a copy of its block (names kept)."""
+
+    def module(name: str) -> nn.Module:
+        return block.get_submodule(name[len(block_name) + 1 :])
+
+    return replace(
+        g,
+        producer=module(g.producer_name),
+        consumers={n: module(n) for n in g.consumers},
+        passive={n: module(n) for n in g.passive},
+    )
+
+
+class _Search:
+    """State shared by the per-block steps (kept out of the public signature)."""
+
+    def __init__(
+        self,
+        scheme: Scheme,
+        stats: ActStats,
+        resolved: ResolvedModel,
+        dt: torch.dtype,
+        trial_tokens: int | None,
+    ) -> None:
+        self.scheme, self.stats, self.resolved, self.dt = scheme, stats, resolved, dt
+        self.trial_tokens = trial_tokens
+        self.bmm = set(resolved.bmm_inputs) if scheme.outputs is not None else set()
+        self.static_in = not scheme.inputs.dynamic
+        self.static_out = scheme.outputs is not None and not scheme.outputs.dynamic
+        self.evaluations = 0
+
+    def fake_quant(self, name: str, module: nn.Module, stats: ActStats, s_in: torch.Tensor | None = None):
+        """``module`` quantized as ``quantize`` would, given the statistics of its smoothed input
+        (``stats`` divided by ``s_in`` when a trial scale is not folded into ``stats`` yet)."""
+        absmax_in = absmax_out = None
+        if self.static_in:
+            absmax_in = stats.inputs[name] if s_in is None else stats.inputs[name] / s_in.cpu().float()
+            absmax_in = float(absmax_in.max())
+        if self.static_out and name in self.bmm:
+            absmax_out = float(stats.outputs[name].max())
+        return quantized_linear(
+            module,
+            self.scheme,
+            quantize_out=name in self.bmm,
+            input_absmax=absmax_in,
+            output_absmax=absmax_out,
+        )
+
+    def group_error(
+        self,
+        g: ResolvedGroup,
+        alpha: Candidate,
+        stats: ActStats,
+        inputs: dict[str, list[torch.Tensor]],
+        refs: dict[str, list[torch.Tensor]],
+    ) -> float:
+        """Relative squared error of the group's quantized consumer outputs with ``alpha``."""
+        self.evaluations += 1
+        s = None if alpha is None else group_scales(g, stats, alpha, self.dt)
+        err = total = 0.0
+        for name, module in g.consumers.items():
+            if not inputs[name]:
+                continue  # an expert that received no token
+            trial = copy.deepcopy(module)
+            s_in = None
+            if s is not None:
+                s_dev = s.to(next(module.parameters()).device)
+                fold_into_consumers(replace(g, consumers={name: trial}, passive={}), s_dev)
+                s_in = expand_to_consumer(s_dev, g.channel_index())
+            q = self.fake_quant(name, trial, stats, s_in)
+            for x, ref in zip(inputs[name], refs[name], strict=True):
+                y = q(x if s_in is None else (x.to(s_in.dtype) / s_in).to(x.dtype))
+                err += float((y.float() - ref.float()).pow(2).sum())
+                total += float(ref.float().pow(2).sum())
+        return err / max(total, 1e-30)
+
+    def quantize_block(self, block: nn.Module, block_name: str, stats: ActStats) -> nn.Module:
+        """Swap every quantizable linear of a (smoothed) block copy for its FakeQuantLinear."""
+        prefix = block_name + "."
+        targets = [n for n in self.resolved.quantizable if n.startswith(prefix)]
+        new = {n: self.fake_quant(n, block.get_submodule(n[len(prefix) :]), stats) for n in targets}
+        for n, m in new.items():
+            set_submodule(block, n[len(prefix) :], m)
+        return block
+
+
+def _subsample(xs: list[torch.Tensor], k: int | None) -> list[torch.Tensor]:
+    """At most ``k`` of a module's input tokens, a fixed random subset (all of them if fewer).
+
+    A linear's squared error is a sum over tokens (per-token and static scales treat tokens
+    independently), so a subset estimates it at a fraction of the cost; per-tensor dynamic scales
+    are then taken over the subset.
+    """
+    total = sum(x.numel() // x.shape[-1] for x in xs)
+    if k is None or total <= k:
+        return xs
+    flat = torch.cat([x.reshape(-1, x.shape[-1]) for x in xs])
+    idx = torch.randperm(total, generator=torch.Generator().manual_seed(0))[:k].sort().values
+    return [flat[idx.to(flat.device)]]
+
+
+def _sse(outputs: list[torch.Tensor], refs: list[torch.Tensor]) -> float:
+    err = sum(float((y.float() - r.float()).pow(2).sum()) for y, r in zip(outputs, refs, strict=True))
+    total = sum(float(r.float().pow(2).sum()) for r in refs)
+    return err / max(total, 1e-30)
+
+
+@torch.no_grad()
+def search_alpha(
+    model: nn.Module,
+    batches: Batches,
+    scheme: str | Scheme = "w8a8",
+    *,
+    stats: ActStats | None = None,
+    linear_pairs: bool = True,
+    per_block: bool = False,
+    grid: Sequence[float] = DEFAULT_GRID,
+    exhaustive: bool = False,
+    reference: str = "quantized",
+    seq_len: int | None = 512,
+    batch_size: int = 1,
+    num_samples: int | None = 8,
+    trial_tokens: int | None = 512,
+    quantize_bmm_inputs: bool = False,
+    progress: bool = True,
+) -> AlphaSearch:
+    """Choose alpha (or off) per smoothing group by the error of its quantized output.
+
+    ``batches``: calibration data as :func:`calibrate` takes it; the first ``num_samples`` sequences
+    of ``seq_len`` tokens are searched on. ``stats``: statistics of this (unsmoothed) model, as
+    :func:`calibrate` returns them; measured on the searched sequences when omitted.
+    ``linear_pairs``: also search linear -> linear groups (``v_proj -> o_proj``, ``up_proj ->
+    down_proj``...), each possibly off. ``per_block``: one alpha for all groups of a decoder block,
+    chosen by the error of the whole quantized block's output (slower, coarser). ``grid``: candidate
+    alphas (``None`` is always a candidate); ``exhaustive=False`` searches it coarse to fine.
+    ``reference``: what the next block is tuned on, the outputs of the already quantized blocks
+    (``"quantized"``) or of the floating-point model (``"fp"``). ``trial_tokens``: candidates are
+    compared on this many randomly chosen tokens of each linear's input (None: all of them); block
+    outputs always use every searched token.
+
+    The model is left unmodified; apply the result with ``smooth(model, stats, alpha=result.alpha,
+    linear_pairs=linear_pairs)`` then ``quantize``, or use ``quantize_model(..., alpha="auto")``.
+    """
+    start = time.perf_counter()
+    scheme = get_scheme(scheme, quantize_bmm_inputs=quantize_bmm_inputs)
+    _check_scheme(scheme)
+    grid = _check_grid(grid)
+    if reference not in REFERENCES:
+        raise ArgumentError(f"reference must be one of {', '.join(REFERENCES)}, not {reference!r}")
+    for what, n in (("num_samples", num_samples), ("trial_tokens", trial_tokens)):
+        if n is not None and n < 1:
+            raise ArgumentError(f"{what} must be >= 1, got {n}")
+    rows = sequences(batches, seq_len)[:num_samples]
+    prepare_model(model)
+    resolved = resolve(model)
+    groups = [g for g in resolved.groups if linear_pairs or not g.is_linear_pair]
+    was_training = model.training
+    model.eval()
+    try:
+        if stats is None:
+            stats = calibrate(model, rows, batch_size=batch_size, progress=progress)
+        check_stats(resolved, groups, stats, model)
+        if not scheme.inputs.dynamic:
+            unseen = [n for n in resolved.quantizable if n not in stats.inputs]
+            if unseen:
+                raise StatsMismatchError(
+                    f"no calibration statistics for {len(unseen)} linears (e.g. {', '.join(unseen[:3])}); "
+                    f"static scheme {scheme.name} needs every linear's input range: calibrate on more data"
+                )
+        device = next(model.parameters()).device
+        ids = [b.to(device) for b in make_batches(rows, batch_size)]
+        layers = model.get_submodule(resolved.layers_path)
+        hidden, calls = capture_block_calls(model, layers, ids)
+        search = _Search(scheme, stats, resolved, compute_dtype(model_dtype(model)), trial_tokens)
+        chosen: dict[str, float | None] = {}
+        errors: dict[str, dict[str, float]] = {}
+        block_errors: dict[str, float] = {}
+        bar = tqdm(
+            list(zip(resolved.blocks, layers, calls, strict=True)),
+            desc="alpha search",
+            unit="block",
+            disable=not progress,
+        )
+        for block_name, layer, block_calls in bar:
+            mine = sorted(
+                (g for g in groups if g.id.startswith(block_name + ".")), key=lambda g: not g.is_linear_pair
+            )
+            step = _search_block_wise if per_block else _search_group_wise
+            qblock, fp_out, picked, errs = step(
+                search, block_name, layer, mine, hidden, block_calls, grid, exhaustive
+            )
+            chosen.update(picked)
+            errors.update(errs)
+            q_out = [call(qblock, h) for h, call in zip(hidden, block_calls, strict=True)]
+            block_errors[block_name] = _sse(q_out, fp_out)
+            hidden = q_out if reference == "quantized" else fp_out
+    finally:
+        model.train(was_training)
+    # report in the model's group order
+    order = {g.id: i for i, g in enumerate(groups)}
+    chosen = dict(sorted(chosen.items(), key=lambda kv: order[kv[0]]))
+    return AlphaSearch(
+        alpha=chosen,
+        errors=errors,
+        block_errors=block_errors,
+        scheme=scheme.name,
+        linear_pairs=linear_pairs,
+        per_block=per_block,
+        reference=reference,
+        grid=grid,
+        num_tokens=sum(r.numel() for r in rows),
+        seconds=time.perf_counter() - start,
+        evaluations=search.evaluations,
+    )
+
+
+def _search_group_wise(
+    search: _Search,
+    block_name: str,
+    layer: nn.Module,
+    groups: list[ResolvedGroup],
+    hidden: list[torch.Tensor],
+    calls: list[BlockCall],
+    grid: tuple[float, ...],
+    exhaustive: bool,
+):
+    watch = {n: m for g in groups for n, m in g.consumers.items()}
+    fp_out, inputs = run_capturing(layer, hidden, calls, watch)
+    inputs = {n: _subsample(xs, search.trial_tokens) for n, xs in inputs.items()}
+    work = copy.deepcopy(layer)
+    stats = search.stats.copy()
+    picked: dict[str, float | None] = {}
+    errs: dict[str, dict[str, float]] = {}
+    for g in (_rebind(g, block_name, work) for g in groups):
+        # consumer outputs in floating point with the scales chosen so far (v/up rows of pairs)
+        refs = {n: [m(x) for x in inputs[n]] for n, m in g.consumers.items()}
+        results = _refine(
+            lambda a, g=g, refs=refs: search.group_error(g, a, stats, inputs, refs), grid, exhaustive
+        )
+        best = min(results, key=results.__getitem__)
+        picked[g.id] = best
+        errs[g.id] = {_label(a): results[a] for a in sorted(results, key=lambda a: -1.0 if a is None else a)}
+        s = None if best is None else group_scales(g, stats, best, search.dt)
+        if s is not None:
+            apply_group(g, s, stats)
+    return search.quantize_block(work, block_name, stats), fp_out, picked, errs
+
+
+def _search_block_wise(
+    search: _Search,
+    block_name: str,
+    layer: nn.Module,
+    groups: list[ResolvedGroup],
+    hidden: list[torch.Tensor],
+    calls: list[BlockCall],
+    grid: tuple[float, ...],
+    exhaustive: bool,
+):
+    fp_out = [call(layer, h) for h, call in zip(hidden, calls, strict=True)]
+
+    def build(alpha: Candidate) -> nn.Module:
+        work = copy.deepcopy(layer)
+        stats = search.stats.copy()
+        if alpha is not None:
+            for g in (_rebind(g, block_name, work) for g in groups):
+                s = group_scales(g, stats, alpha, search.dt)
+                if s is not None:
+                    apply_group(g, s, stats)
+        return search.quantize_block(work, block_name, stats)
+
+    def error(alpha: Candidate) -> float:
+        search.evaluations += 1
+        q = build(alpha)
+        return _sse([call(q, h) for h, call in zip(hidden, calls, strict=True)], fp_out)
+
+    results = _refine(error, grid, exhaustive)
+    best = min(results, key=results.__getitem__)
+    errs = {
+        block_name: {_label(a): results[a] for a in sorted(results, key=lambda a: -1.0 if a is None else a)}
+    }
+    return build(best), fp_out, dict.fromkeys((g.id for g in groups), best), errs
