@@ -69,11 +69,29 @@ def test_quantize_command_writes_a_loadable_checkpoint(tiny_checkpoint, capsys, 
     assert json.loads((out / "smoothquant_recipe.json").read_text())["scheme"] == "w8a8"
 
 
+def test_quantize_command_with_automatic_alpha(tiny_checkpoint, capsys, tmp_path):
+    out = tmp_path / "q"
+    args = [
+        "quantize",
+        str(tiny_checkpoint / "model"),
+        "-o",
+        str(out),
+        "--calib",
+        str(tiny_checkpoint / "calib.txt"),
+    ]
+    code, _, stderr = _run([*args, "--alpha", "auto", "--num-samples", "4", "--seq-len", "32"], capsys)
+    assert code == 0, stderr
+    recipe = json.loads((out / "smoothquant_recipe.json").read_text())
+    assert recipe["linear_pairs"] is True and recipe["alpha_search"] is not None
+    assert "model.layers.0.mlp_out" in recipe["alpha"]  # linear -> linear groups searched too
+    assert sq.alphas_from_recipe(recipe) == recipe["alpha"]
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
         (["--alpha", "1.5"], "--alpha must be in [0, 1]"),
-        (["--alpha", "auto"], "--alpha must be a number"),
+        (["--alpha", "half"], "--alpha must be a number in [0, 1] or 'auto'"),
         (["--num-samples", "0"], "--num-samples must be at least 1"),
     ],
 )

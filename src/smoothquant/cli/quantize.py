@@ -27,7 +27,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="w8a8: per-channel W, per-token A (default, vLLM's int8 path); O1/O2/O3: per-tensor W with "
         "per-token / per-tensor dynamic / per-tensor static A (O2 does not run in vLLM)",
     )
-    p.add_argument("--alpha", default="0.5", help="migration strength in [0, 1] (default 0.5)")
+    p.add_argument(
+        "--alpha",
+        default="0.5",
+        help="migration strength in [0, 1] (default 0.5), or 'auto' to search it per smoothing group "
+        "(linear -> linear groups included) on the calibration data",
+    )
     p.add_argument(
         "--calib",
         default=None,
@@ -49,13 +54,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_quantize)
 
 
-def _alpha(text: str) -> float:
+def _alpha(text: str) -> float | str:
     from smoothquant.errors import ArgumentError
 
+    if text.strip().lower() == "auto":
+        return "auto"
     try:
         value = float(text)
     except ValueError:
-        raise ArgumentError(f"--alpha must be a number in [0, 1], got {text!r}") from None
+        raise ArgumentError(f"--alpha must be a number in [0, 1] or 'auto', got {text!r}") from None
     if not 0.0 <= value <= 1.0:
         raise ArgumentError(f"--alpha must be in [0, 1], got {value}")
     return value
