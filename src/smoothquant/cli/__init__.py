@@ -12,7 +12,7 @@ import importlib
 import logging
 import sys
 
-COMMANDS = ("smoothquant.cli.info",)
+COMMANDS = ("smoothquant.cli.info", "smoothquant.cli.evaluate", "smoothquant.cli.demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
