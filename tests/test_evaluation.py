@@ -113,6 +113,8 @@ def test_runner_rows_share_one_reference_and_leave_the_model_alone(tmp_path):
         before = model(windows).logits
     configs = parse_configs(["fp", "naive", "w8a8", "O3"], alpha=0.5)
     assert [c.name for c in configs] == ["FP", "naive", "w8a8", "O3"]
+    assert [c.linear_pairs for c in parse_configs(["O1", "o3"], 0.5, "O3")] == [False, True]
+    assert all(c.linear_pairs for c in parse_configs(["O1", "w8a8"], 0.5, "all"))
     results = run(model, configs, windows, calib, progress=False)
     with torch.no_grad():
         assert torch.equal(model(windows).logits, before)

@@ -73,3 +73,25 @@ def test_unknown_task_is_a_clear_error(tokenizer, task_dir, monkeypatch):
     monkeypatch.setattr(harness, "_task_manager", lambda path, defaults: NoTasks())
     with pytest.raises(HarnessError, match=r"unknown lm-eval task.*no_such_task"):
         run_tasks(tiny_model("llama", torch.float32), tokenizer, ["no_such_task"], include_path=task_dir)
+
+
+def test_eval_command_adds_task_scores_to_every_row(tokenizer, task_dir, tmp_path, capsys):
+    from smoothquant.cli import main
+
+    folder = tmp_path / "ckpt"
+    tiny_model("llama", torch.float32).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    text = tmp_path / "text.txt"
+    g = torch.Generator().manual_seed(1)
+    text.write_text(
+        "\n\n".join(
+            " ".join(f"w{int(i)}" for i in torch.randint(2, VOCAB, (50,), generator=g)) for _ in range(60)
+        )
+    )
+    argv = ["eval", "--model", str(folder), "--data", str(text), "--schemes", "fp,w8a8", "--seq-len", "32"]
+    argv += ["--max-tokens", "64", "--calib-samples", "2", "--calib-seq-len", "32", "--no-progress"]
+    argv += ["--tasks", "local_mc", "--task-dir", str(task_dir), "--json", str(tmp_path / "r.json")]
+    assert main(argv) == 0
+    assert "local_mc:acc" in capsys.readouterr().out
+    rows = json.loads((tmp_path / "r.json").read_text())["results"]
+    assert [sorted(r["tasks"]) for r in rows] == [["local_mc:acc"], ["local_mc:acc"]]

@@ -19,15 +19,21 @@ from pathlib import Path
 
 log = logging.getLogger("smoothquant")
 
-# How the SmoothQuant rows migrate outliers: the one place to change it. ALPHA applies to every
-# smoothing group ("auto" once automatic per-group alpha is available; a mapping such as
-# {"*.mlp_out": 0.6, "*": 0.5} sets groups apart). LINEAR_PAIRS: schemes that also smooth
-# up_proj -> down_proj and v_proj -> o_proj. smollm2's worst outlier (a ~1500x channel) is the input
-# of down_proj, which no norm precedes: with one activation scale per tensor (O2, O3) it flattens
-# every other channel to zero unless smoothed, while per-token scales (O1, W8A8) absorb it per
-# token and only lose from moving it into down_proj's weights (docs/evaluation.md has both tables).
-ALPHA: float | str | dict[str, float | None] = 0.5
-LINEAR_PAIRS = {"O1": False, "O2": True, "O3": True, "w8a8": False}
+# How each SmoothQuant row migrates outliers: the one place to change it. ``alpha`` is a float, a
+# mapping of groups ({"*.mlp_out": 0.6, "*": 0.5}) or, once automatic per-group alpha is
+# available, "auto" (``--alpha`` overrides it for every row). ``linear_pairs`` also smooths
+# up_proj -> down_proj and v_proj -> o_proj. Why they differ on smollm2-135m: its worst outlier
+# (a ~1500x channel) is the input of down_proj, which no norm precedes. With one activation scale
+# per tensor (O2, O3) that channel flattens every other one to zero unless it is smoothed; with
+# per-token scales (O1, W8A8) it only costs its own tokens, and moving it into down_proj's weights
+# hurts more than it helps. O1 keeps per-tensor weights, which absorb less migration: alpha 0.4
+# (+7.6% perplexity vs +10.1% at 0.5; docs/evaluation.md has the measurements behind each choice).
+SMOOTHING: dict[str, dict] = {
+    "O1": {"alpha": 0.4, "linear_pairs": False},
+    "O2": {"alpha": 0.5, "linear_pairs": True},
+    "O3": {"alpha": 0.5, "linear_pairs": True},
+    "w8a8": {"alpha": 0.5, "linear_pairs": False},
+}
 
 # (row name, scheme preset; None is the floating-point model)
 ROWS = (
@@ -76,7 +82,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", help="local WikiText-2 folder for --data wikitext2")
     p.add_argument(
         "--alpha",
-        help=f"SmoothQuant rows' alpha (default {ALPHA}; 'auto' or '*.mlp_out=0.8,*=0.5')",
+        help="alpha of every SmoothQuant row (default: per scheme, see SMOOTHING in cli/demo.py); "
+        "a number, 'auto', or '*.mlp_out=0.8,*=0.5'",
     )
     p.add_argument("--out", default="smoothquant-demo", help="folder for results.json and the figures")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -99,7 +106,7 @@ def _demo(args: argparse.Namespace) -> int:
     from smoothquant.smoothing import smooth
 
     size = QUICK if args.quick else FULL
-    alpha = parse_alpha(args.alpha) if args.alpha else ALPHA
+    smoothing = {k: dict(v, alpha=parse_alpha(args.alpha)) if args.alpha else v for k, v in SMOOTHING.items()}
     progress = not args.no_progress
     out = Path(args.out)
     wall, cpu = time.perf_counter(), time.process_time()
@@ -120,14 +127,14 @@ def _demo(args: argparse.Namespace) -> int:
     stats = calibrate(model, calib, batch_size=max(1, 2048 // calib.shape[1]), progress=progress)
     print(f"calibrated: {stats.summary()}", flush=True)
 
-    configs = [Config(name, scheme, alpha, LINEAR_PAIRS.get(scheme, False)) for name, scheme in ROWS]
+    configs = [Config(name, scheme, **smoothing.get(scheme, {})) for name, scheme in ROWS]
     reference = reference_pass(model, windows, progress=progress)
     results = run(model, configs, windows, calib, stats=stats, reference=reference, progress=progress)
     by_scheme = {c.scheme: r for c, r in zip(configs, results, strict=True)}
 
     # Figure 4: the worst layer's channels before and after O3's smoothing (no forward pass needed)
     smoothed_model = copy.deepcopy(model)
-    smoothed = smooth(smoothed_model, stats, alpha, linear_pairs=LINEAR_PAIRS["O3"])
+    smoothed = smooth(smoothed_model, stats, **smoothing["O3"])
     layer = plots.worst_layer(stats, list(quantization_targets(model)))
     weights = [weight_oi(m.get_submodule(layer)).detach().abs().amax(0) for m in (model, smoothed_model)]
     fig4 = plots.plot_channel_absmax(
@@ -136,25 +143,23 @@ def _demo(args: argparse.Namespace) -> int:
         stats.inputs[layer],
         smoothed.inputs[layer],
         *weights,
-        title=f"{args.model} {layer}: per-channel absmax before / after smoothing (alpha {alpha})",
+        title=f"{args.model} {layer}: per-channel absmax before / after O3's smoothing (alpha {smoothing['O3']['alpha']})",
     )
     del smoothed_model
 
     # Figure 10: perplexity versus alpha; on the table's windows, its rows are reused
     sub = reference if size.sweep_windows == windows.shape[0] else reference.first(size.sweep_windows)
-    reuse = sub is reference and not isinstance(alpha, (str, dict))
-    naive = (
-        by_scheme["naive"]
-        if sub is reference
-        else compare(build(model, configs[1], None, None), sub, "naive")
-    )
+    reuse = sub is reference
+    naive = by_scheme["naive"]
+    if sub is not reference:
+        naive = compare(build(model, Config("naive", "naive"), None, None), sub, "naive", progress=progress)
     sweep: dict[str, list[tuple[float, float]]] = {s: [] for s in SWEEP_SCHEMES}
     points = [(s, a) for s in SWEEP_SCHEMES for a in size.sweep_alphas]
     for scheme, a in tqdm(points, desc="alpha sweep", unit="cfg", disable=not progress):
-        if reuse and a == alpha:
+        if reuse and a == smoothing[scheme]["alpha"]:
             ppl = by_scheme[scheme].perplexity
         else:
-            config = Config(f"{scheme} alpha={a}", scheme, a, LINEAR_PAIRS[scheme])
+            config = Config(f"{scheme} alpha={a}", scheme, a, smoothing[scheme]["linear_pairs"])
             ppl = compare(build(model, config, calib, stats), sub, config.name, progress=progress).perplexity
         sweep[scheme].append((a, ppl))
     fig10 = plots.plot_alpha_sweep(
@@ -169,8 +174,7 @@ def _demo(args: argparse.Namespace) -> int:
         "model": args.model,
         "data": args.data,
         "size": asdict(size),
-        "alpha": alpha,
-        "linear_pairs": LINEAR_PAIRS,
+        "smoothing": smoothing,
         "calibration_tokens": calib.numel(),
         "tokens_scored": results[0].tokens,
         "worst_layer": layer,
@@ -182,11 +186,13 @@ def _demo(args: argparse.Namespace) -> int:
     }
     results_path = write_results(results, out / "results.json", meta)
 
-    pairs = ", ".join(s for s, on in LINEAR_PAIRS.items() if on) or "none"
+    settings = "; ".join(
+        f"{k} alpha {v['alpha']}{' + linear pairs' if v['linear_pairs'] else ''}"
+        for k, v in smoothing.items()
+    )
     print(
         f"\n{args.model}: {results[0].tokens} held-out tokens of {args.data} ({windows.shape[0]} windows of "
-        f"{windows.shape[1]}), calibration {calib.shape[0]} x {calib.shape[1]} tokens; SmoothQuant alpha {alpha}, "
-        f"linear pairs smoothed for {pairs}"
+        f"{windows.shape[1]}), calibration {calib.shape[0]} x {calib.shape[1]} tokens\nSmoothQuant: {settings}"
     )
     print(format_table(results))
     print(f"\nworst layer (Figure 4): {layer}")

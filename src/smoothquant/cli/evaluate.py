@@ -67,12 +67,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--alpha", default="0.5", help="migration strength: 0.5, 'auto', or '*.mlp_out=0.85,*=0.5'"
     )
     p.add_argument(
-        "--linear-pairs", action="store_true", help="also smooth v_proj->o_proj and up_proj->down_proj"
+        "--linear-pairs",
+        nargs="?",
+        const="all",
+        default="",
+        metavar="SCHEMES",
+        help="also smooth v_proj->o_proj and up_proj->down_proj: for every SmoothQuant row, or for the "
+        "comma-separated schemes given (e.g. O2,O3)",
     )
     p.add_argument(
         "--seq-len", type=int, default=2048, help="evaluation window (default 2048; 512 also common)"
     )
     p.add_argument("--max-tokens", type=int, help="evaluate only the first N tokens of the split")
+    p.add_argument(
+        "--tasks", help="also run lm-evaluation-harness tasks on every row (e.g. lambada_openai,piqa)"
+    )
+    p.add_argument("--task-dir", help="folder of lm-eval task YAML files (tasks over local data files)")
+    p.add_argument("--task-limit", type=float, help="examples per lm-eval task (a count, or a fraction < 1)")
     p.add_argument("--json", help="write the results (with the settings) to this .json file")
     p.add_argument("--csv", help="write the results to this .csv file")
     p.set_defaults(func=_eval)
@@ -104,7 +115,22 @@ def _eval(args: argparse.Namespace) -> int:
             data_dir=args.data_dir,
         )
     log.info("evaluating %d rows on %d x %d tokens of %s", len(configs), *windows.shape, args.data)
-    results = run(model, configs, windows, calib, progress=not args.no_progress)
+    extra = None
+    if args.tasks:
+        from smoothquant.evaluation.harness import headline, run_tasks
+
+        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+        limit = (
+            None
+            if args.task_limit is None
+            else (int(args.task_limit) if args.task_limit >= 1 else args.task_limit)
+        )
+
+        def extra(row_model):
+            scores = run_tasks(row_model, tokenizer, tasks, include_path=args.task_dir, limit=limit)
+            return {f"{task}:{h[0]}": h[1] for task, metrics in scores.items() if (h := headline(metrics))}
+
+    results = run(model, configs, windows, calib, progress=not args.no_progress, extra=extra)
     print(format_table(results))
     meta = {
         "model": args.model,

@@ -53,15 +53,26 @@ class Config:
         return info
 
 
-def parse_configs(names: Sequence[str], alpha: Alpha | str = 0.5, linear_pairs: bool = False) -> list[Config]:
-    """Configs from scheme names (``fp`` for the reference), sharing one smoothing setting."""
+def parse_configs(
+    names: Sequence[str], alpha: Alpha | str = 0.5, linear_pairs: bool | str = False
+) -> list[Config]:
+    """Configs from scheme names (``fp`` for the reference), sharing one alpha.
+
+    ``linear_pairs``: True / ``"all"`` for every row, or a comma-separated list of the schemes
+    that also smooth linear -> linear pairs (``"O2,O3"``)."""
+    if isinstance(linear_pairs, str):
+        wanted = {n.strip().lower() for n in linear_pairs.split(",") if n.strip()}
+        every = "all" in wanted
+        pairs = set() if every else {get_scheme(n).name for n in wanted}
+    else:
+        every, pairs = bool(linear_pairs), set()
     out = []
     for name in names:
         if name.strip().lower() in (FP, "fp32", "float"):
             out.append(Config("FP"))
         else:
             scheme = get_scheme(name)  # validates early, before any model work
-            out.append(Config(scheme.name, scheme.name, alpha, linear_pairs))
+            out.append(Config(scheme.name, scheme.name, alpha, every or scheme.name in pairs))
     return out
 
 
@@ -91,29 +102,30 @@ def run(
     stats: ActStats | None = None,
     reference: Reference | None = None,
     progress: bool = True,
-    on_result: Callable[[EvalResult], None] | None = None,
+    extra: Callable[[nn.Module], dict[str, float]] | None = None,
 ) -> list[EvalResult]:
     """Evaluate every config on ``windows``; ``seconds`` of a row = building + evaluating it.
 
-    Calibrates once (unless ``stats`` are given) if any config needs it."""
+    Calibrates once (unless ``stats`` are given) if any config needs it. ``extra(model)`` adds
+    more scores per row (lm-eval tasks, say) to ``info["tasks"]`` while the row's model exists."""
     needs_calib = any(c.scheme is not None and get_scheme(c.scheme).needs_calibration for c in configs)
     if needs_calib and stats is None:
         stats = calibrate(model, calibration, progress=progress)
     reference = reference or reference_pass(model, windows, progress=progress)
     results = []
     for config in tqdm(configs, desc="configurations", unit="cfg", disable=not progress):
+        start = time.perf_counter()
         if config.scheme is None:
-            result = reference.result(config.name)
+            row_model, result = model, reference.result(config.name)
         else:
-            start = time.perf_counter()
-            quantized = build(model, config, calibration, stats)
-            result = compare(quantized, reference, config.name, progress=progress)
+            row_model = build(model, config, calibration, stats)
+            result = compare(row_model, reference, config.name, progress=progress)
             result.seconds = time.perf_counter() - start
-            del quantized
         result.info = config.describe()
+        if extra is not None:
+            result.info["tasks"] = extra(row_model)
+        del row_model
         results.append(result)
-        if on_result is not None:
-            on_result(result)
     return results
 
 
@@ -122,13 +134,15 @@ def format_table(results: Sequence[EvalResult], fp_perplexity: float | None = No
     """A fixed-width table; ``vs FP`` is the perplexity change relative to ``fp_perplexity``."""
     if fp_perplexity is None:
         fp_perplexity = next((r.perplexity for r in results if r.info.get("scheme") == FP), None)
+    tasks = list(dict.fromkeys(t for r in results for t in r.info.get("tasks", {})))
     header = f"{'configuration':24s} {'perplexity':>10s} {'vs FP':>8s} {'KL(FP||Q)':>10s} {'top-1':>7s} {'seconds':>8s}"
+    header += "".join(f" {t[:14]:>14s}" for t in tasks)
     lines = [header, "-" * len(header)]
     for r in results:
         delta = f"{100 * (r.perplexity / fp_perplexity - 1):+7.1f}%" if fp_perplexity else ""
-        lines.append(
-            f"{r.name:24s} {r.perplexity:10.3f} {delta:>8s} {r.kl:10.4f} {100 * r.top1:6.1f}% {r.seconds:8.1f}"
-        )
+        line = f"{r.name:24s} {r.perplexity:10.3f} {delta:>8s} {r.kl:10.4f} {100 * r.top1:6.1f}% {r.seconds:8.1f}"
+        scores = r.info.get("tasks", {})
+        lines.append(line + "".join(f" {scores[t]:14.4f}" if t in scores else f" {'':14s}" for t in tasks))
     return "\n".join(lines)
 
 
