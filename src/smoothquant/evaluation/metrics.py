@@ -31,8 +31,10 @@ from smoothquant.errors import SmoothQuantError
 # positions whose logits are turned into probabilities at once (bounds memory to ~chunk x vocab)
 CHUNK = 512
 # windows run together up to this many tokens: on CPU a 2048-row GEMM is ~1.5x faster per token
-# than a 512-row one, and the batch's logits (tokens x vocab floats) stay a few hundred MB
+# than a 512-row one; but the batch's logits (tokens x vocab floats) stay under BATCH_LOGITS
+# floats (512 MB), so large vocabularies (Gemma's 262k) run one window at a time
 BATCH_TOKENS = 2048
+BATCH_LOGITS = 2**27
 
 
 class EvaluationError(SmoothQuantError):
@@ -113,9 +115,10 @@ def _logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     return model(input_ids=ids.to(device), use_cache=False).logits[:, :-1].float()
 
 
-def _batches(windows: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
+def _batches(model: nn.Module, windows: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
     """``(index of the first window, windows)`` batches of about :data:`BATCH_TOKENS` tokens."""
-    size = max(1, BATCH_TOKENS // windows.shape[1])
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None) or 1
+    size = max(1, min(BATCH_TOKENS, BATCH_LOGITS // vocab) // windows.shape[1])
     return [(i, windows[i : i + size]) for i in range(0, windows.shape[0], size)]
 
 
@@ -137,7 +140,7 @@ def reference_pass(model: nn.Module, windows: torch.Tensor, *, progress: bool = 
     start = time.perf_counter()
     try:
         for first, ids in tqdm(
-            _batches(windows), desc="FP reference", unit="batch", disable=not progress, leave=False
+            _batches(model, windows), desc="FP reference", unit="batch", disable=not progress, leave=False
         ):
             captured.clear()
             logits = _logits(model, ids)
@@ -170,7 +173,7 @@ def compare(model: nn.Module, reference: Reference, name: str, *, progress: bool
     agree = 0
     start = time.perf_counter()
     for first, ids in tqdm(
-        _batches(reference.windows), desc=name, unit="batch", disable=not progress, leave=False
+        _batches(model, reference.windows), desc=name, unit="batch", disable=not progress, leave=False
     ):
         for b, logits in enumerate(_logits(model, ids)):
             targets = ids[b, 1:].to(logits.device)
@@ -192,7 +195,9 @@ def perplexity(model: nn.Module, windows: torch.Tensor, *, progress: bool = True
     windows = _check_windows(model, windows)
     model.eval()
     total = 0.0
-    for _, ids in tqdm(_batches(windows), desc="perplexity", unit="batch", disable=not progress, leave=False):
+    for _, ids in tqdm(
+        _batches(model, windows), desc="perplexity", unit="batch", disable=not progress, leave=False
+    ):
         logits = _logits(model, ids)
         total += float(F.cross_entropy(logits.transpose(1, 2), ids[:, 1:].to(logits.device), reduction="sum"))
     return math.exp(total / (windows.shape[0] * (windows.shape[1] - 1)))
