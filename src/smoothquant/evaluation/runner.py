@@ -1,0 +1,164 @@
+"""Compare several quantization configurations of one model against one floating-point pass.
+
+A configuration is data (scheme, alpha, linear pairs); each is applied to a fresh copy of the
+floating-point model, evaluated, and dropped before the next, so memory holds the original plus
+one quantized copy whatever the number of rows. Calibration statistics are measured once and
+shared: smoothing derives the statistics of each smoothed copy from them.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from smoothquant.calibration import ActStats, calibrate
+from smoothquant.evaluation.metrics import EvalResult, Reference, compare, reference_pass
+from smoothquant.pipeline import quantize_model
+from smoothquant.quantization import get_scheme
+from smoothquant.smoothing.smooth import Alpha
+
+FP = "fp"
+
+
+@dataclass(frozen=True)
+class Config:
+    """One row: ``scheme`` None is the floating-point reference itself."""
+
+    name: str
+    scheme: str | None = None
+    alpha: Alpha | str = 0.5
+    linear_pairs: bool = False
+
+    @property
+    def smoothed(self) -> bool:
+        return self.scheme is not None and get_scheme(self.scheme).migration != "none"
+
+    def describe(self) -> dict:
+        if self.scheme is None:
+            return {"scheme": FP}
+        info: dict = {"scheme": get_scheme(self.scheme).name}
+        if self.smoothed:
+            alpha = self.alpha
+            info |= {"alpha": alpha if isinstance(alpha, (int, float, str)) else dict(alpha)}
+            info["linear_pairs"] = self.linear_pairs
+        return info
+
+
+def parse_configs(
+    names: Sequence[str], alpha: Alpha | str = 0.5, linear_pairs: bool | str = False
+) -> list[Config]:
+    """Configs from scheme names (``fp`` for the reference), sharing one alpha.
+
+    ``linear_pairs``: True / ``"all"`` for every row, or a comma-separated list of the schemes
+    that also smooth linear -> linear pairs (``"O2,O3"``)."""
+    if isinstance(linear_pairs, str):
+        wanted = {n.strip().lower() for n in linear_pairs.split(",") if n.strip()}
+        every = "all" in wanted
+        pairs = set() if every else {get_scheme(n).name for n in wanted}
+    else:
+        every, pairs = bool(linear_pairs), set()
+    out = []
+    for name in names:
+        if name.strip().lower() in (FP, "fp32", "float"):
+            out.append(Config("FP"))
+        else:
+            scheme = get_scheme(name)  # validates early, before any model work
+            out.append(Config(scheme.name, scheme.name, alpha, every or scheme.name in pairs))
+    return out
+
+
+def build(
+    model: nn.Module, config: Config, calibration: torch.Tensor | None, stats: ActStats | None
+) -> nn.Module:
+    """A quantized copy of ``model`` following ``config`` (``model`` itself is not modified)."""
+    quantized = copy.deepcopy(model)
+    quantize_model(
+        quantized,
+        calibration,
+        config.scheme,
+        config.alpha,
+        linear_pairs=config.linear_pairs,
+        stats=stats,
+        progress=False,
+    )
+    return quantized
+
+
+def run(
+    model: nn.Module,
+    configs: Sequence[Config],
+    windows: torch.Tensor,
+    calibration: torch.Tensor | None = None,
+    *,
+    stats: ActStats | None = None,
+    reference: Reference | None = None,
+    progress: bool = True,
+    extra: Callable[[nn.Module], dict[str, float]] | None = None,
+) -> list[EvalResult]:
+    """Evaluate every config on ``windows``; ``seconds`` of a row = building + evaluating it.
+
+    Calibrates once (unless ``stats`` are given) if any config needs it. ``extra(model)`` adds
+    more scores per row (lm-eval tasks, say) to ``info["tasks"]`` while the row's model exists."""
+    needs_calib = any(c.scheme is not None and get_scheme(c.scheme).needs_calibration for c in configs)
+    if needs_calib and stats is None:
+        stats = calibrate(model, calibration, progress=progress)
+    reference = reference or reference_pass(model, windows, progress=progress)
+    results = []
+    for config in tqdm(configs, desc="configurations", unit="cfg", disable=not progress):
+        start = time.perf_counter()
+        if config.scheme is None:
+            row_model, result = model, reference.result(config.name)
+        else:
+            row_model = build(model, config, calibration, stats)
+            result = compare(row_model, reference, config.name, progress=progress)
+            result.seconds = time.perf_counter() - start
+        result.info = config.describe()
+        if extra is not None:
+            result.info["tasks"] = extra(row_model)
+        del row_model
+        results.append(result)
+    return results
+
+
+# ---- output ------------------------------------------------------------------------------------
+def format_table(results: Sequence[EvalResult], fp_perplexity: float | None = None) -> str:
+    """A fixed-width table; ``vs FP`` is the perplexity change relative to ``fp_perplexity``."""
+    if fp_perplexity is None:
+        fp_perplexity = next((r.perplexity for r in results if r.info.get("scheme") == FP), None)
+    tasks = list(dict.fromkeys(t for r in results for t in r.info.get("tasks", {})))
+    header = f"{'configuration':24s} {'perplexity':>10s} {'vs FP':>8s} {'KL(FP||Q)':>10s} {'top-1':>7s} {'seconds':>8s}"
+    header += "".join(f" {t[:14]:>14s}" for t in tasks)
+    lines = [header, "-" * len(header)]
+    for r in results:
+        delta = f"{100 * (r.perplexity / fp_perplexity - 1):+7.1f}%" if fp_perplexity else ""
+        line = f"{r.name:24s} {r.perplexity:10.3f} {delta:>8s} {r.kl:10.4f} {100 * r.top1:6.1f}% {r.seconds:8.1f}"
+        scores = r.info.get("tasks", {})
+        lines.append(line + "".join(f" {scores[t]:14.4f}" if t in scores else f" {'':14s}" for t in tasks))
+    return "\n".join(lines)
+
+
+def write_results(results: Sequence[EvalResult], path: str | Path, meta: dict | None = None) -> Path:
+    """``.json`` (rows plus ``meta``: model, data, protocol) or ``.csv`` (rows only)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [r.as_dict() for r in results]
+    if path.suffix.lower() == ".csv":
+        keys = list(dict.fromkeys(k for row in rows for k in row))
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(
+                {k: json.dumps(v) if isinstance(v, dict) else v for k, v in row.items()} for row in rows
+            )
+    else:
+        path.write_text(json.dumps({"meta": meta or {}, "results": rows}, indent=2) + "\n")
+    return path

@@ -1,0 +1,99 @@
+"""`smoothquant eval` and `smoothquant demo` end to end on a tiny local checkpoint and a text file."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from smoothquant.cli import demo as demo_module
+from smoothquant.cli import main
+from smoothquant.cli.evaluate import parse_alpha
+from tiny_models import VOCAB, tiny_model
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    """A tiny Llama with a word-level tokenizer, saved as a local checkpoint folder."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    folder = tmp_path / "tiny"
+    tiny_model("llama", torch.float32).save_pretrained(folder)
+    words = Tokenizer(models.WordLevel({f"w{i}": i for i in range(VOCAB)}, unk_token="w0"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=words).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    paragraphs = [
+        " ".join(f"w{int(i)}" for i in torch.randint(1, VOCAB, (60,), generator=g)) for _ in range(200)
+    ]
+    path = tmp_path / "text.txt"
+    path.write_text("\n\n".join(paragraphs))
+    return path
+
+
+def test_parse_alpha():
+    assert parse_alpha("0.6") == 0.6
+    assert parse_alpha("auto") == "auto"
+    assert parse_alpha("*.mlp_out=0.85, *=0.5,model.layers.0.attn_in=none") == {
+        "*.mlp_out": 0.85,
+        "*": 0.5,
+        "model.layers.0.attn_in": None,
+    }
+
+
+def test_eval_command_writes_table_json_and_csv(checkpoint, text_file, tmp_path, capsys):
+    out_json, out_csv = tmp_path / "r.json", tmp_path / "r.csv"
+    argv = ["eval", "--model", str(checkpoint), "--data", str(text_file), "--schemes", "fp,naive,w8a8,O3"]
+    argv += ["--seq-len", "64", "--max-tokens", "256", "--calib-samples", "4", "--calib-seq-len", "32"]
+    argv += [
+        "--alpha",
+        "*.mlp_out=0.8,*=0.5",
+        "--linear-pairs",
+        "O3",
+        "--json",
+        str(out_json),
+        "--csv",
+        str(out_csv),
+    ]
+    assert main([*argv, "--no-progress"]) == 0
+    table = capsys.readouterr().out
+    assert all(name in table for name in ("FP", "naive", "w8a8", "O3", "perplexity", "KL(FP||Q)"))
+    data = json.loads(out_json.read_text())
+    assert [r["name"] for r in data["results"]] == ["FP", "naive", "w8a8", "O3"]
+    assert data["meta"]["windows"] == 4 and data["meta"]["tokens_scored"] == 4 * 63
+    assert data["results"][2]["alpha"] == {"*.mlp_out": 0.8, "*": 0.5}
+    assert [r.get("linear_pairs") for r in data["results"]] == [None, None, False, True]
+    assert out_csv.read_text().splitlines()[0].startswith("name,perplexity,kl,top1")
+
+
+def test_eval_command_reports_bad_input_in_one_line(checkpoint, text_file, capsys):
+    assert main(["eval", "--model", str(checkpoint), "--data", str(text_file), "--schemes", "fp,nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("smoothquant: error: unknown scheme 'nope'") and "Traceback" not in err
+
+
+def test_demo_writes_table_figures_and_results(checkpoint, text_file, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("matplotlib")
+    monkeypatch.setattr(demo_module, "QUICK", demo_module.Size(4, 32, 3, 64, (0.4, 0.8), 2))
+    out = tmp_path / "demo"
+    argv = ["demo", "--quick", "--model", str(checkpoint), "--data", str(text_file), "--out", str(out)]
+    assert main([*argv, "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    for name, _ in demo_module.ROWS:
+        assert name in printed
+    assert (out / "fig4_channel_absmax.png").read_bytes().startswith(b"\x89PNG")
+    assert (out / "fig10_alpha_sweep.png").read_bytes().startswith(b"\x89PNG")
+    data = json.loads((out / "results.json").read_text())
+    assert [r["name"] for r in data["results"]] == [name for name, _ in demo_module.ROWS]
+    assert [p["alpha"] for p in data["meta"]["sweep"]["O3"]] == [0.4, 0.8]
+    assert data["meta"]["tokens_scored"] == 3 * 63 and data["meta"]["worst_layer"].startswith("model.layers.")
+    for row, (_, scheme) in zip(data["results"], demo_module.ROWS, strict=True):
+        if scheme in demo_module.SMOOTHING:  # every SmoothQuant row uses its documented setting
+            assert {k: row[k] for k in ("alpha", "linear_pairs")} == demo_module.SMOOTHING[scheme]
