@@ -44,7 +44,7 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def _weight_files(path: Path) -> list[Path]:
+def weight_files(path: Path) -> list[Path]:
     single = path / "model.safetensors"
     if single.is_file():
         return [single]
@@ -60,7 +60,7 @@ def _weight_files(path: Path) -> list[Path]:
         return files
     if any(path.glob("*.bin")) or any(path.glob("*.pt")):
         raise CheckpointError(
-            f"{path} holds only pickle (.bin/.pt) weights; smoothquant.load reads safetensors only, "
+            f"{path} holds only pickle (.bin/.pt) weights; smoothquant reads safetensors only, "
             "since unpickling can run arbitrary code"
         )
     raise CheckpointError(f"no model.safetensors (or {INDEX_FILE}) in {path}")
@@ -69,7 +69,7 @@ def _weight_files(path: Path) -> list[Path]:
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     """All tensors of a checkpoint directory (single file or shards), with clear errors."""
     tensors: dict[str, torch.Tensor] = {}
-    for file in _weight_files(path):
+    for file in weight_files(path):
         try:
             with safe_open(file, framework="pt", device="cpu") as f:
                 for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
