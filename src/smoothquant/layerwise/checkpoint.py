@@ -21,7 +21,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from accelerate import init_empty_weights
 from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import AutoModelForCausalLM, PretrainedConfig
@@ -34,6 +33,8 @@ from smoothquant.families import prepare_model
 def empty_model(config: PretrainedConfig, dtype: torch.dtype) -> nn.Module:
     """``from_config`` with every parameter on the meta device (buffers real), tied weights tied
     and fused MoE experts unfolded, in eval mode."""
+    from accelerate import init_empty_weights
+
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.tie_weights()
