@@ -118,53 +118,57 @@ class Checkpoint:
         return sorted(set(self.location) - self.used)
 
     @torch.no_grad()
-    def load(self, model: nn.Module, wanted: Callable[[str], bool], device: torch.device) -> int:
+    def load(self, model: nn.Module, wanted: Callable[[str], bool], device: torch.device) -> None:
         """Give every parameter and persistent buffer of ``model`` whose name is ``wanted`` its
-        stored value, on ``device`` in the dtype the model gave it; returns the bytes loaded.
-        Buffers the checkpoint lacks keep their computed value."""
-        groups = _tensors_of(model, wanted)
-        by_file: dict[Path, list[tuple[int, str]]] = {}
-        for gid, places in groups.items():
+        stored value, on ``device`` in the dtype the model gave it. Buffers the checkpoint lacks
+        keep their computed value."""
+        by_file: dict[Path, list[tuple[list, str]]] = {}
+        for places in _tensors_of(model, wanted).values():
             stored = next((name for _, _, name in places if name in self.location), None)
             if stored is not None:
                 file, key = self.location[stored]
-                by_file.setdefault(file, []).append((gid, key))
+                by_file.setdefault(file, []).append((places, key))
                 self.used.add(stored)
-        loaded = 0
         for file, items in by_file.items():
             try:
                 with safe_open(file, framework="pt", device="cpu") as f:
-                    for gid, key in items:
-                        module, leaf, _ = groups[gid][0]
-                        old = module._parameters.get(leaf)
-                        if old is None:
-                            old = module._buffers[leaf]
-                        value = f.get_tensor(key)
-                        if tuple(value.shape) != tuple(old.shape):
-                            raise CheckpointError(
-                                f"{file.name}: {key} has shape {list(value.shape)}, the model expects "
-                                f"{list(old.shape)}; config.json does not match the weights"
-                            )
-                        # a fresh allocation, as from_pretrained's copy into the parameter: the
-                        # tensors safetensors returns may be unaligned, and CPU GEMM kernels round
-                        # differently on unaligned operands
-                        value = value.to(device=device, dtype=old.dtype, copy=True)
-                        loaded += value.numel() * value.element_size()
-                        new = (
-                            nn.Parameter(value, requires_grad=False)
-                            if isinstance(old, nn.Parameter)
-                            else value
-                        )
-                        for holder, name, _ in groups[gid]:
-                            if isinstance(new, nn.Parameter):
-                                holder._parameters[name] = new
-                            else:
-                                holder._buffers[name] = new
+                    for places, key in items:
+                        _assign(places, _checked(file, key, f.get_tensor(key), _current(places), device))
             except (SafetensorError, OSError) as e:
                 raise CheckpointError(
                     f"{file} is truncated or corrupt ({e}); copy the checkpoint again"
                 ) from e
-        return loaded
+
+
+def _current(places: list[tuple[nn.Module, str, str]]) -> torch.Tensor:
+    module, leaf, _ = places[0]
+    old = module._parameters.get(leaf)
+    return old if old is not None else module._buffers[leaf]
+
+
+def _checked(
+    file: Path, key: str, value: torch.Tensor, old: torch.Tensor, device: torch.device
+) -> torch.Tensor:
+    if tuple(value.shape) != tuple(old.shape):
+        raise CheckpointError(
+            f"{file.name}: {key} has shape {list(value.shape)}, the model expects {list(old.shape)}; "
+            "config.json does not match the weights"
+        )
+    # a fresh allocation, as from_pretrained's copy into the parameter: the tensors safetensors
+    # returns may be unaligned, and CPU GEMM kernels round differently on unaligned operands
+    return value.to(device=device, dtype=old.dtype, copy=True)
+
+
+def _assign(places: list[tuple[nn.Module, str, str]], value: torch.Tensor) -> None:
+    """Put ``value`` in every place that held one tensor (a parameter stays a parameter)."""
+    module, leaf, _ = places[0]
+    if module._parameters.get(leaf) is not None:
+        value = nn.Parameter(value, requires_grad=False)
+    for holder, name, _ in places:
+        if isinstance(value, nn.Parameter):
+            holder._parameters[name] = value
+        else:
+            holder._buffers[name] = value
 
 
 def move_buffers(model: nn.Module, device: torch.device) -> None:
@@ -180,15 +184,4 @@ def release(model: nn.Module, wanted: Callable[[str], bool]) -> None:
     """Send the parameters and persistent buffers named ``wanted`` back to the meta device,
     freeing their memory (ties kept)."""
     for places in _tensors_of(model, wanted).values():
-        module, leaf, _ = places[0]
-        old = module._parameters.get(leaf)
-        new = (
-            nn.Parameter(old.to("meta"), requires_grad=False)
-            if old is not None
-            else module._buffers[leaf].to("meta")
-        )
-        for holder, name, _ in places:
-            if isinstance(new, nn.Parameter):
-                holder._parameters[name] = new
-            else:
-                holder._buffers[name] = new
+        _assign(places, _current(places).to("meta"))

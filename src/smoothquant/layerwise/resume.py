@@ -40,7 +40,7 @@ def file_sha256(path: Path) -> str:
 
 
 def _fresh() -> dict[str, Any]:
-    return {"outside": None, "layers": [], "activations": None}
+    return {"outside": {}, "layers": [], "activations": None}
 
 
 class Manifest:
@@ -67,28 +67,34 @@ class Manifest:
         return self.state["layers"]
 
     @property
-    def outside(self) -> dict[str, Any] | None:
+    def outside(self) -> dict[str, dict[str, Any]]:
+        """Shards of the tensors outside the blocks, by part (embeddings, head)."""
         return self.state["outside"]
 
     def activations(self) -> dict[str, Stream] | None:
         streams = self.state["activations"]
         return None if streams is None else {k: Stream(**v) for k, v in streams.items()}
 
-    def finish_outside(self, record: dict[str, Any]) -> None:
-        """Record the shard of the tensors outside the blocks (its hash is taken here)."""
-        self.state["outside"] = {**record, "sha256": file_sha256(self.directory / record["file"])}
+    def finish_outside(self, part: str, record: dict[str, Any]) -> None:
+        """Record a shard of tensors outside the blocks (its hash is taken here)."""
+        self.outside[part] = {**record, "sha256": file_sha256(self.directory / record["file"])}
         self._save()
 
     def finish_layer(self, record: dict[str, Any], activations: dict[str, Stream] | None) -> None:
         """Record a finished block (its shard's hash is taken here) and the next block's inputs."""
-        old = self.activations() or {}
         record = {**record, "sha256": file_sha256(self.directory / record["file"])}
         self.layers.append(record)
+        self.record_inputs(activations)
+
+    def record_inputs(self, activations: dict[str, Stream] | None) -> None:
+        """Record the files holding the inputs of the next block to compute (and delete the
+        previous ones, no longer needed)."""
+        old = self.activations() or {}
         self.state["activations"] = (
             None if activations is None else {k: s.to_json() for k, s in activations.items()}
         )
         self._save()
-        for stream in old.values():  # the previous block's inputs are no longer needed
+        for stream in old.values():
             (self.directory / stream.file).unlink(missing_ok=True)
 
     def close(self, *, remove: bool) -> None:
@@ -130,16 +136,16 @@ class Manifest:
         return path.is_file() and file_sha256(path) == sha256
 
     def _verify(self) -> None:
-        outside = self.outside
-        if outside is not None and not self._ok(outside["file"], outside["sha256"]):
-            log.warning("%s failed verification; writing it again", outside["file"])
-            self.state["outside"] = None
+        for part, record in list(self.outside.items()):
+            if not self._ok(record["file"], record["sha256"]):
+                log.warning("%s failed verification; writing it again", record["file"])
+                del self.outside[part]
         bad = next((r["file"] for r in self.layers if not self._ok(r["file"], r["sha256"])), None)
         streams = self.activations() or {}
-        if bad is None and self.layers and len(self.layers) < self.job["num_layers"]:
+        if bad is None:
             bad = next((s.file for s in streams.values() if not self._ok(s.file, s.sha256)), None)
-            if not streams:
-                bad = "the next block's inputs"
+        if bad is None and self.layers and len(self.layers) < self.job["num_layers"] and not streams:
+            bad = "the next block's inputs"
         if bad is not None:
             log.warning("%s failed verification; starting again from the first block", bad)
             self.state["layers"], self.state["activations"] = [], None
@@ -151,8 +157,7 @@ class Manifest:
         keep = {MANIFEST, LOCK}
         keep |= {r["file"] for r in self.layers}
         keep |= {s.file for s in (self.activations() or {}).values()}
-        if self.outside is not None:
-            keep.add(self.outside["file"])
+        keep |= {r["file"] for r in self.outside.values()}
         for path in self.directory.iterdir():
             if path.name not in keep:
                 if path.is_dir() and not path.is_symlink():

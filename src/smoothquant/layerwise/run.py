@@ -34,7 +34,7 @@ import os
 import resource
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -333,19 +333,19 @@ class _Job:
     def run(self, manifest: Manifest) -> tuple[int, dict[int, float], AlphaSearch | None]:
         """Write every shard into the manifest's directory; returns (blocks reused, seconds per
         block computed, the alpha search)."""
-        directory, layers, resolved = manifest.directory, self.layers, self.resolved
-        count = len(layers) + 1
-        prefix = resolved.layers_path + "."
+        directory, layers, resolved, model = manifest.directory, self.layers, self.resolved, self.model
+        parts = self._parts()
+        count = len(parts) + len(layers)
 
-        def outside(name: str) -> bool:
-            return not name.startswith(prefix)
+        def write_part(index: int, part: str) -> None:
+            if part not in manifest.outside:
+                state = [(k, v) for k, v in model.state_dict().items() if parts[part](k)]
+                tensors = checkpoint_tensors(state, {}, self.model_type)
+                manifest.finish_outside(part, _shard(directory, _shard_name(index + 1, count), tensors))
 
-        move_buffers(self.model, self.device)
-        self.checkpoint.load(self.model, outside, self.device)
-        if manifest.outside is None:
-            state = [(k, v) for k, v in self.model.state_dict().items() if outside(k)]
-            tensors = checkpoint_tensors(state, {}, self.model_type)
-            manifest.finish_outside(_shard(directory, _shard_name(1, count), tensors))
+        move_buffers(model, self.device)
+        self.checkpoint.load(model, parts["embeddings"], self.device)
+        write_part(0, "embeddings")
         done = len(manifest.layers)
         hidden: list[torch.Tensor] = []
         search_hidden: list[torch.Tensor] = []
@@ -353,10 +353,10 @@ class _Job:
         search_calls: list[list[BlockCall]] = [[] for _ in layers]
         if self.batches and done < len(layers):
             ids = [b.to(self.device) for b in self.batches]
-            hidden, calls = capture_block_calls(self.model, layers, ids, skip_blocks=True)
+            hidden, calls = capture_block_calls(model, layers, ids, skip_blocks=True)
             if self.search_batches:
                 ids = [b.to(self.device) for b in self.search_batches]
-                search_hidden, search_calls = capture_block_calls(self.model, layers, ids, skip_blocks=True)
+                search_hidden, search_calls = capture_block_calls(model, layers, ids, skip_blocks=True)
             streams = manifest.activations()
             if streams is not None:  # resuming: the inputs of the first block to compute
                 hidden = activations.read(directory, streams["calib"], self.device, mapped=self.offload)
@@ -364,8 +364,14 @@ class _Job:
                     search_hidden = activations.read(directory, streams["search"], self.device, mapped=False)
             elif self.offload:
                 stream = _write(directory / "activations-00000-calib.bin", hidden)
+                manifest.record_inputs({"calib": stream})
                 hidden = activations.read(directory, stream, self.device, mapped=True)
-        release(self.model, outside)
+        release(model, parts["embeddings"])
+        if "head" in parts:  # one at a time: for large vocabularies each is as big as a block
+            self.checkpoint.load(model, parts["head"], self.device)
+            write_part(1, "head")
+            release(model, parts["head"])
+        first = len(parts) + 1
 
         search = None
         if self.options is not None:
@@ -384,10 +390,18 @@ class _Job:
                 search.restore(resolved.blocks[record["index"]], record["search"])
         search_seconds = sum(r.get("search_seconds", 0.0) for r in manifest.layers)
         layer_seconds: dict[int, float] = {}
+        if self.progress:
+            tokens = sum(b.numel() for b in self.batches)
+            print(
+                f"{len(layers)} layers to quantize ({done} done before), calibrating on {tokens} tokens; "
+                f"peak RSS so far {peak_rss() / 2**30:.2f} GiB",
+                file=sys.stderr,
+                flush=True,
+            )
         for i in range(done, len(layers)):
             t0 = time.perf_counter()
             hidden, search_hidden, record = self._block(
-                i, manifest, hidden, calls[i], search, search_hidden, search_calls[i]
+                i, first + i, count, manifest, hidden, calls[i], search, search_hidden, search_calls[i]
             )
             calls[i], search_calls[i] = [], []
             search_seconds += record.get("search_seconds", 0.0)
@@ -406,9 +420,26 @@ class _Job:
             result = search.result(self.scheme.name, tokens, search_seconds)
         return done, layer_seconds, result
 
+    def _parts(self) -> dict[str, Callable[[str], bool]]:
+        """The tensors outside the blocks, as the shards that hold them: what runs before the first
+        block and the final norm (``embeddings``), and an untied output embedding (``head``)."""
+        prefix = self.resolved.layers_path + "."
+        head = self.model.get_output_embeddings()
+        name = next((n for n, m in self.model.named_modules() if m is head), None)
+        tied = head is not None and head.weight is self.model.get_input_embeddings().weight
+        if name is None or tied:
+            return {"embeddings": lambda n: not n.startswith(prefix)}
+        head_prefix = name + "."
+        return {
+            "embeddings": lambda n: not n.startswith((prefix, head_prefix)),
+            "head": lambda n: n.startswith(head_prefix),
+        }
+
     def _block(
         self,
         i: int,
+        shard: int,
+        count: int,
         manifest: Manifest,
         hidden: list[torch.Tensor],
         calls: list[BlockCall],
@@ -461,8 +492,9 @@ class _Job:
         )
         for n, m in replacements.items():
             set_submodule(self.model, n, m)
+            self.targets[n].to("meta")  # the float linear it replaces (still referenced here)
         tensors = checkpoint_tensors(block.state_dict(prefix=prefix).items(), replacements, self.model_type)
-        record |= _shard(directory, _shard_name(i + 2, len(self.layers) + 1), tensors)
+        record |= _shard(directory, _shard_name(shard, count), tensors)
         manifest.finish_layer(record, None if last else streams)
         release(self.model, mine)
         if self.offload and not last and self.batches:
@@ -472,7 +504,7 @@ class _Job:
     def finish(self, manifest: Manifest, recipe: dict[str, Any] | None) -> dict[str, float | None]:
         """Index, config, tokenizer and recipe beside the shards; returns the alphas applied."""
         directory = manifest.directory
-        records = [manifest.outside, *manifest.layers]
+        records = [*manifest.outside.values(), *manifest.layers]
         index = {
             "metadata": {"total_size": sum(r["bytes"] for r in records)},
             "weight_map": {t: r["file"] for r in records for t in r["tensors"]},
