@@ -240,3 +240,11 @@ def test_bad_input_fails_before_any_work(tmp_path):
 def _tensors_in(file) -> dict[str, torch.Tensor]:
     with safe_open(file, framework="pt") as f:
         return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+
+
+def test_two_runs_cannot_share_a_partial_directory(tmp_path):
+    first = resume.Manifest(tmp_path / ".out.partial", {"num_layers": 2})
+    with pytest.raises(ExportError, match="another run"):
+        resume.Manifest(tmp_path / ".out.partial", {"num_layers": 2})
+    first.close(remove=True)
+    resume.Manifest(tmp_path / ".out.partial", {"num_layers": 2}).close(remove=True)

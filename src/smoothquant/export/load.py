@@ -104,7 +104,8 @@ def _zero_points_are_zero(tensors: Mapping[str, torch.Tensor], prefix: str) -> N
             raise CheckpointError(f"{prefix}.{leaf} is non-zero: asymmetric quantization cannot be loaded")
 
 
-def _dtype(config: dict, dtype: torch.dtype | None) -> torch.dtype:
+def config_dtype(config: dict, dtype: torch.dtype | None = None) -> torch.dtype:
+    """The dtype a checkpoint's floats load in: ``dtype`` when given, else the one config.json names."""
     if dtype is not None:
         return dtype
     name = config.get("dtype") or config.get("torch_dtype") or "float32"
@@ -186,7 +187,7 @@ def load(
         raise CheckpointError(f"{path} is not a directory; pass the checkpoint directory")
     raw = _read_json(path / "config.json")
     groups, ignore = ct.parse_quantization_config(raw.get("quantization_config"))
-    dtype = _dtype(raw, dtype)
+    dtype = config_dtype(raw, dtype)
     tensors = read_tensors(path)
     try:
         config = AutoConfig.from_pretrained(path)

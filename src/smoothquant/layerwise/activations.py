@@ -67,9 +67,13 @@ class Writer:
         dtype = str(self._dtype).removeprefix("torch.")
         return Stream(self.path.name, self._hash.hexdigest(), self._shapes, dtype)
 
-    def abort(self) -> None:
-        self._file.close()
-        self._tmp.unlink(missing_ok=True)
+
+def write(path: Path, tensors: list[torch.Tensor]) -> Stream:
+    """All of ``tensors`` in one file."""
+    writer = Writer(path)
+    for t in tensors:
+        writer.append(t)
+    return writer.close()
 
 
 def read(directory: Path, stream: Stream, device: torch.device, mapped: bool) -> list[torch.Tensor]:
@@ -85,7 +89,3 @@ def read(directory: Path, stream: Stream, device: torch.device, mapped: bool) ->
     flat = torch.from_file(str(directory / stream.file), shared=False, size=end, dtype=torch.uint8)
     views = [flat[a:b].view(dtype).reshape(shape) for a, b, shape in spans]
     return views if mapped else [v.to(device, copy=True) for v in views]
-
-
-def nbytes(tensors: list[torch.Tensor]) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors)

@@ -50,6 +50,7 @@ from smoothquant.calibration.calibrate import calibration_rows, collect, observi
 from smoothquant.errors import ArgumentError, CalibrationError, CheckpointError, DiskSpaceError
 from smoothquant.export import compressed_tensors as ct
 from smoothquant.export.atomic import check_free_space, check_output, publish
+from smoothquant.export.load import config_dtype
 from smoothquant.export.save import (
     check_layout,
     checkpoint_config,
@@ -135,14 +136,6 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _config_dtype(config: Any) -> torch.dtype:
-    name = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32"
-    found = name if isinstance(name, torch.dtype) else getattr(torch, str(name).removeprefix("torch."), None)
-    if not isinstance(found, torch.dtype) or not found.is_floating_point:
-        raise CheckpointError(f"config.json names dtype {name!r}, which is not a floating-point torch dtype")
-    return found
-
-
 def _rows_digest(rows: list[torch.Tensor], batch_size: int) -> str:
     h = hashlib.sha256(f"batch_size={batch_size}".encode())
     for row in rows:
@@ -220,13 +213,6 @@ def _run_block(
     return outputs
 
 
-def _write(path: Path, tensors: list[torch.Tensor]) -> activations.Stream:
-    writer = activations.Writer(path)
-    for t in tensors:
-        writer.append(t)
-    return writer.close()
-
-
 class _Job:
     """One layer-by-layer run: everything is read and checked in ``__init__``, before the partial
     output directory is touched; :meth:`run` then does the work (see the module docstring)."""
@@ -274,7 +260,7 @@ class _Job:
         self.src, self.device, self.offload, self.progress = src, device, offload, progress
 
         config = transformers.AutoConfig.from_pretrained(src)
-        self.dtype = dtype = dtype or _config_dtype(config)
+        self.dtype = dtype = config_dtype(json.loads((src / "config.json").read_text()), dtype)
         self.model_type = getattr(config, "model_type", None)
         self.model = model = empty_model(config, dtype)
         self.resolved = resolved = resolve(model)
@@ -363,7 +349,7 @@ class _Job:
                 if "search" in streams:
                     search_hidden = activations.read(directory, streams["search"], self.device, mapped=False)
             elif self.offload:
-                stream = _write(directory / "activations-00000-calib.bin", hidden)
+                stream = activations.write(directory / "activations-00000-calib.bin", hidden)
                 manifest.record_inputs({"calib": stream})
                 hidden = activations.read(directory, stream, self.device, mapped=True)
         release(model, parts["embeddings"])
@@ -480,7 +466,9 @@ class _Job:
             next_search, record["search"] = search.step(name, block, stats, search_hidden, search_calls)
             alphas = record["search"]["alpha"]
             if not last:
-                streams["search"] = _write(directory / f"activations-{i + 1:05d}-search.bin", next_search)
+                streams["search"] = activations.write(
+                    directory / f"activations-{i + 1:05d}-search.bin", next_search
+                )
             record["search_seconds"] = time.perf_counter() - t
         record["alpha"] = {}
         if self.method and groups:
