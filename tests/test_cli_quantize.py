@@ -113,3 +113,23 @@ def test_inexpressible_schemes_are_not_offered(capsys, tmp_path):
     with pytest.raises(SystemExit):
         main(["quantize", "m", "-o", str(tmp_path / "q"), "--scheme", "zeroquant"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_layerwise_writes_the_same_checkpoint(tiny_checkpoint, capsys, tmp_path):
+    common = ["--calib", str(tiny_checkpoint / "calib.txt"), "--num-samples", "4", "--seq-len", "32"]
+    model = str(tiny_checkpoint / "model")
+    code, _, stderr = _run(["quantize", model, "-o", str(tmp_path / "memory"), *common], capsys)
+    assert code == 0, stderr
+    code, stdout, stderr = _run(
+        ["quantize", model, "-o", str(tmp_path / "lw"), *common, "--layerwise"], capsys
+    )
+    assert code == 0, stderr
+    assert "layer by layer" in stdout and "peak RSS" in stdout and "layer 2/2" in stderr
+    ours, theirs = sq.load(tmp_path / "lw", backend=None), sq.load(tmp_path / "memory", backend=None)
+    for (name, a), (_, b) in zip(ours.state_dict().items(), theirs.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    recipe = json.loads((tmp_path / "lw" / "smoothquant_recipe.json").read_text())
+    assert recipe == json.loads((tmp_path / "memory" / "smoothquant_recipe.json").read_text())
+    assert (tmp_path / "lw" / "tokenizer.json").is_file()
+    code, _, stderr = _run(["quantize", model, "-o", str(tmp_path / "x"), "--device", "cpu"], capsys)
+    assert code == 2 and "need --layerwise" in stderr

@@ -9,12 +9,15 @@ The public API is a handful of functions, in the order data flows through them::
 or all three at once with :func:`quantize_model`; ``convert(model)`` then runs the quantized
 linears on INT8 kernels, ``save_quantized(result, "out")`` writes a compressed-tensors checkpoint
 (what vLLM serves) and ``load("out")`` reads one back onto the INT8 runtime.
+``quantize_checkpoint("folder", "out", calib_ids)`` writes the same checkpoint from a model too
+large for memory, one decoder layer at a time.
 """
 
 from smoothquant.calibration import ActStats, calibrate
 from smoothquant.errors import SmoothQuantError
 from smoothquant.export import load, quantize_and_save, save_quantized
 from smoothquant.families import prepare_model, resolve, supported_families
+from smoothquant.layerwise import LayerwiseSummary, quantize_checkpoint
 from smoothquant.pipeline import QuantizationResult, quantize_model
 from smoothquant.quantization import (
     PRESETS,
@@ -39,6 +42,7 @@ __all__ = [
     "ActStats",
     "AlphaSearch",
     "FakeQuantLinear",
+    "LayerwiseSummary",
     "QuantizationResult",
     "Scheme",
     "SmoothQuantError",
@@ -53,6 +57,7 @@ __all__ = [
     "prepare_model",
     "quantize",
     "quantize_and_save",
+    "quantize_checkpoint",
     "quantize_model",
     "resolve",
     "save_quantized",

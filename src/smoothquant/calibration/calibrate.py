@@ -7,7 +7,8 @@ included), and the outputs of the attention q/k/v projections named by the famil
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -49,10 +50,72 @@ class _Observer:
             self.out = self._merge(self.out, y.reshape(-1, y.shape[-1]).abs().amax(0).float())
 
 
-def _vocab_size(model: nn.Module) -> int | None:
+def vocab_size(model: nn.Module) -> int | None:
     get = getattr(model, "get_input_embeddings", None)
     emb = get() if callable(get) else None
     return getattr(emb, "num_embeddings", None)
+
+
+def calibration_rows(
+    batches: Batches, seq_len: int | None, num_samples: int | None, vocab: int | None
+) -> list[torch.Tensor]:
+    """The sequences calibration runs on (the first ``num_samples``), checked against the vocabulary."""
+    rows = sequences(batches, seq_len)
+    if num_samples is not None:
+        if num_samples < 1:
+            raise CalibrationError(f"num_samples must be >= 1, got {num_samples}")
+        rows = rows[:num_samples]
+    top = max(int(r.max()) for r in rows)
+    low = min(int(r.min()) for r in rows)
+    if low < 0 or (vocab is not None and top >= vocab):
+        raise CalibrationError(
+            f"calibration token ids span [{low}, {top}] but the model's vocabulary has {vocab} entries; "
+            "was the data tokenized with this model's tokenizer?"
+        )
+    return rows
+
+
+@contextlib.contextmanager
+def observing(
+    root: nn.Module, bmm_inputs: set[str], *, prefix: str = "", token_histograms: bool = False
+) -> Iterator[dict[str, _Observer]]:
+    """Observers on every linear under ``root`` (named ``prefix.<path>``) while the block runs.
+
+    Works on a whole model or on one decoder block, so layer-by-layer calibration
+    (:mod:`smoothquant.layerwise`) measures exactly what :func:`calibrate` measures.
+    """
+    observers: dict[str, _Observer] = {}
+    handles = []
+    for name, module in root.named_modules(prefix=prefix):
+        if is_linear_like(module):
+            obs = _Observer(track_output=name in bmm_inputs, token_hist=token_histograms)
+            observers[name] = obs
+            handles.append(module.register_forward_hook(obs))
+    try:
+        yield observers
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def collect(observers: dict[str, _Observer], meta: dict) -> ActStats:
+    """The statistics the observers gathered; NaN/inf is an error that says what to do."""
+    stats = ActStats(meta=meta)
+    for name, obs in observers.items():
+        if obs.inp is None:
+            continue  # never called (an expert with no routed token, an unused head)
+        stats.inputs[name] = obs.inp.cpu()
+        if obs.out is not None:
+            stats.outputs[name] = obs.out.cpu()
+        if obs.hist is not None:
+            stats.token_hist[name] = obs.hist.cpu()
+    bad = [n for n, t in stats.inputs.items() if not torch.isfinite(t).all()]
+    if bad:
+        raise CalibrationError(
+            f"activations overflowed (NaN/inf) at {', '.join(bad[:3])}: run calibration in float32 "
+            "or bfloat16 rather than float16"
+        )
+    return stats
 
 
 @torch.no_grad()
@@ -78,71 +141,33 @@ def calibrate(
     The model is put in eval mode and fused MoE experts are unfolded into per-expert linears
     (:func:`prepare_model`, in place, function unchanged); nothing else about it is modified.
     """
-    rows = sequences(batches, seq_len)
-    if num_samples is not None:
-        if num_samples < 1:
-            raise CalibrationError(f"num_samples must be >= 1, got {num_samples}")
-        rows = rows[:num_samples]
-    vocab = _vocab_size(model)
-    top = max(int(r.max()) for r in rows)
-    low = min(int(r.min()) for r in rows)
-    if low < 0 or (vocab is not None and top >= vocab):
-        raise CalibrationError(
-            f"calibration token ids span [{low}, {top}] but the model's vocabulary has {vocab} entries; "
-            "was the data tokenized with this model's tokenizer?"
-        )
+    rows = calibration_rows(batches, seq_len, num_samples, vocab_size(model))
     prepare_model(model)
     try:
         bmm_inputs = set(resolve(model).bmm_inputs)
     except UnsupportedModelError:
         bmm_inputs = set()  # unmapped families still get input statistics
-    observers: dict[str, _Observer] = {}
-    handles = []
-    for name, module in model.named_modules():
-        if is_linear_like(module):
-            obs = _Observer(track_output=name in bmm_inputs, token_hist=token_histograms)
-            observers[name] = obs
-            handles.append(module.register_forward_hook(obs))
-    if not observers:
-        raise CalibrationError("the model has no nn.Linear/Conv1D modules to calibrate")
-
-    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     run = forward or (lambda m, ids: m(input_ids=ids, use_cache=False))
     num_tokens = 0
     try:
-        batches_ = make_batches(rows, batch_size)
-        bar = tqdm(batches_, desc="calibrating", unit="batch", disable=not progress, leave=False)
-        for ids in bar:
-            run(model, ids.to(device))
-            num_tokens += ids.numel()
-            bar.set_postfix(tokens=num_tokens)
+        with observing(model, bmm_inputs, token_histograms=token_histograms) as observers:
+            if not observers:
+                raise CalibrationError("the model has no nn.Linear/Conv1D modules to calibrate")
+            device = next(model.parameters()).device
+            batches_ = make_batches(rows, batch_size)
+            bar = tqdm(batches_, desc="calibrating", unit="batch", disable=not progress, leave=False)
+            for ids in bar:
+                run(model, ids.to(device))
+                num_tokens += ids.numel()
+                bar.set_postfix(tokens=num_tokens)
     finally:
-        for h in handles:
-            h.remove()
         model.train(was_training)
-
-    stats = ActStats(
-        meta={
-            "model_type": getattr(getattr(model, "config", None), "model_type", None),
-            "num_tokens": num_tokens,
-            "num_sequences": len(rows),
-            "smoothing_id": smoothing_id(model),
-        }
-    )
-    for name, obs in observers.items():
-        if obs.inp is None:
-            continue  # never called (an expert with no routed token, an unused head)
-        stats.inputs[name] = obs.inp.cpu()
-        if obs.out is not None:
-            stats.outputs[name] = obs.out.cpu()
-        if obs.hist is not None:
-            stats.token_hist[name] = obs.hist.cpu()
-    bad = [n for n, t in stats.inputs.items() if not torch.isfinite(t).all()]
-    if bad:
-        raise CalibrationError(
-            f"activations overflowed (NaN/inf) at {', '.join(bad[:3])}: run calibration in float32 "
-            "or bfloat16 rather than float16"
-        )
-    return stats
+    meta = {
+        "model_type": getattr(getattr(model, "config", None), "model_type", None),
+        "num_tokens": num_tokens,
+        "num_sequences": len(rows),
+        "smoothing_id": smoothing_id(model),
+    }
+    return collect(observers, meta)

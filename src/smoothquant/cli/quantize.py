@@ -51,6 +51,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--format", default="compressed-tensors", choices=["compressed-tensors"], help="checkpoint format"
     )
     p.add_argument("--force", action="store_true", help="replace the output directory if it exists")
+    p.add_argument(
+        "--layerwise",
+        action="store_true",
+        help="one decoder layer at a time, streaming weights from MODEL's safetensors shards: for models "
+        "larger than memory; the same checkpoint, sharded per layer; an interrupted run resumes",
+    )
+    p.add_argument(
+        "--offload-activations",
+        action="store_true",
+        help="with --layerwise: keep the calibration activations between layers in a file, not in memory",
+    )
+    p.add_argument("--device", default=None, help="with --layerwise: where layers compute (default cpu)")
     p.set_defaults(func=_quantize)
 
 
@@ -77,16 +89,71 @@ def _quantize(args: argparse.Namespace) -> int:
     for flag, value in (("--num-samples", args.num_samples), ("--seq-len", args.seq_len)):
         if value < 1:
             raise ArgumentError(f"{flag} must be at least 1, got {value}")
-    summary = quantize_and_save(
-        args.model,
+    alpha = _alpha(args.alpha)
+    if not args.layerwise:
+        if args.offload_activations or args.device:
+            raise ArgumentError("--offload-activations and --device need --layerwise")
+        summary = quantize_and_save(
+            args.model,
+            args.output,
+            scheme=args.scheme,
+            alpha=alpha,
+            calib=args.calib or DEFAULT_CALIB,
+            num_samples=args.num_samples,
+            seq_len=args.seq_len,
+            dtype=getattr(torch, args.dtype),
+            force=args.force,
+        )
+        print("\n".join(summary.lines()))
+        return 0
+    print("\n".join(_layerwise(args, alpha).lines()))
+    return 0
+
+
+def _layerwise(args: argparse.Namespace, alpha: float):
+    """``--layerwise``: the same calibration data and recipe as the in-memory path."""
+    from pathlib import Path
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from smoothquant.data import calibration_batches
+    from smoothquant.errors import ModelLoadError
+    from smoothquant.export.atomic import check_output
+    from smoothquant.export.oneshot import DEFAULT_CALIB
+    from smoothquant.layerwise import quantize_checkpoint
+
+    check_output(Path(args.output).absolute(), args.force)
+    folder = Path(args.model).expanduser()
+    if not (folder / "config.json").is_file():
+        raise ModelLoadError(
+            f"--layerwise reads a local checkpoint folder (config.json and safetensors shards); {args.model} "
+            "is not one"
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(
+            f"cannot load the tokenizer of {folder}, needed for calibration text: {e}"
+        ) from e
+    calib = args.calib or DEFAULT_CALIB
+    batches = calibration_batches(tokenizer, calib, num_samples=args.num_samples, seq_len=args.seq_len)
+    recipe = {
+        "source_model": args.model,
+        "calibration": {"dataset": calib, "num_samples": args.num_samples, "seq_len": args.seq_len},
+    }
+    return quantize_checkpoint(
+        folder,
         args.output,
-        scheme=args.scheme,
-        alpha=_alpha(args.alpha),
-        calib=args.calib or DEFAULT_CALIB,
-        num_samples=args.num_samples,
-        seq_len=args.seq_len,
+        batches,
+        args.scheme,
+        alpha,
         dtype=getattr(torch, args.dtype),
+        device=args.device or "cpu",
+        seq_len=args.seq_len,
+        num_samples=args.num_samples,
+        offload_activations=args.offload_activations,
+        tokenizer=tokenizer,
+        recipe=recipe,
         force=args.force,
     )
-    print("\n".join(summary.lines()))
-    return 0

@@ -80,14 +80,24 @@ def atomic_directory(target: str | os.PathLike, *, force: bool, needed_bytes: in
         raise _os_error(e, target) from e
     try:
         yield tmp
-        _finish_files(tmp)
-        _move_into_place(tmp, target, force)
+        publish(tmp, target, force=force)
     except ExportError:
         raise
     except OSError as e:
         raise _os_error(e, target) from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone after a successful rename
+
+
+def publish(tmp: Path, target: Path, *, force: bool) -> None:
+    """Make the complete directory ``tmp`` (beside ``target``) appear as ``target`` in one rename."""
+    try:
+        _finish_files(tmp)
+        _move_into_place(tmp, target, force)
+    except ExportError:
+        raise
+    except OSError as e:
+        raise _os_error(e, target) from e
 
 
 def _umask() -> int:

@@ -44,7 +44,7 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def _weight_files(path: Path) -> list[Path]:
+def weight_files(path: Path) -> list[Path]:
     single = path / "model.safetensors"
     if single.is_file():
         return [single]
@@ -60,7 +60,7 @@ def _weight_files(path: Path) -> list[Path]:
         return files
     if any(path.glob("*.bin")) or any(path.glob("*.pt")):
         raise CheckpointError(
-            f"{path} holds only pickle (.bin/.pt) weights; smoothquant.load reads safetensors only, "
+            f"{path} holds only pickle (.bin/.pt) weights; smoothquant reads safetensors only, "
             "since unpickling can run arbitrary code"
         )
     raise CheckpointError(f"no model.safetensors (or {INDEX_FILE}) in {path}")
@@ -69,7 +69,7 @@ def _weight_files(path: Path) -> list[Path]:
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     """All tensors of a checkpoint directory (single file or shards), with clear errors."""
     tensors: dict[str, torch.Tensor] = {}
-    for file in _weight_files(path):
+    for file in weight_files(path):
         try:
             with safe_open(file, framework="pt", device="cpu") as f:
                 for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
@@ -104,7 +104,8 @@ def _zero_points_are_zero(tensors: Mapping[str, torch.Tensor], prefix: str) -> N
             raise CheckpointError(f"{prefix}.{leaf} is non-zero: asymmetric quantization cannot be loaded")
 
 
-def _dtype(config: dict, dtype: torch.dtype | None) -> torch.dtype:
+def config_dtype(config: dict, dtype: torch.dtype | None = None) -> torch.dtype:
+    """The dtype a checkpoint's floats load in: ``dtype`` when given, else the one config.json names."""
     if dtype is not None:
         return dtype
     name = config.get("dtype") or config.get("torch_dtype") or "float32"
@@ -186,7 +187,7 @@ def load(
         raise CheckpointError(f"{path} is not a directory; pass the checkpoint directory")
     raw = _read_json(path / "config.json")
     groups, ignore = ct.parse_quantization_config(raw.get("quantization_config"))
-    dtype = _dtype(raw, dtype)
+    dtype = config_dtype(raw, dtype)
     tensors = read_tensors(path)
     try:
         config = AutoConfig.from_pretrained(path)

@@ -12,6 +12,7 @@ import copy
 import json
 import logging
 import os
+from collections.abc import Container, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,7 @@ def _scheme(modules: dict[str, FakeQuantLinear], name: str) -> Scheme:
     return scheme
 
 
-def _check_layout(model: nn.Module, modules: dict[str, FakeQuantLinear]) -> None:
+def check_layout(model: nn.Module, modules: dict[str, nn.Module]) -> None:
     """Every quantized linear must be an ``nn.Linear`` in a freshly built model of this config,
     or transformers and vLLM would load the int8 weight into something else (GPT-2's Conv1D
     stores ``[in, out]``, and neither client quantizes it)."""
@@ -74,7 +75,7 @@ def _check_layout(model: nn.Module, modules: dict[str, FakeQuantLinear]) -> None
             raise ExportError(f"{name}: shape differs from the model's config; was the model resized?")
 
 
-def _vllm_caveats(scheme: Scheme, quantized: list[str]) -> list[str]:
+def vllm_caveats(scheme: Scheme, quantized: list[str]) -> list[str]:
     """Valid checkpoints that vLLM (per its CompressedTensorsW8A8Int8 and INT8 MoE code) will not serve."""
     out = []
     if not ct.vllm_servable(scheme):
@@ -122,13 +123,15 @@ def _input_scales(modules: dict[str, FakeQuantLinear]) -> dict[str, torch.Tensor
     return scales
 
 
-def _tensors(model: nn.Module, modules: dict[str, FakeQuantLinear]) -> dict[str, torch.Tensor]:
-    """Checkpoint name -> tensor, in state_dict order, each storage once (tied embeddings)."""
-    model_type = getattr(model.config, "model_type", None)
+def checkpoint_tensors(
+    state: Iterable[tuple[str, torch.Tensor]], modules: dict[str, FakeQuantLinear], model_type: str | None
+) -> dict[str, torch.Tensor]:
+    """Checkpoint name -> tensor for ``state`` (state_dict items of a model, or of one block with its
+    prefix), in order, each storage once (tied embeddings); ``modules``: its quantized linears."""
     input_scales = _input_scales(modules)
     out: dict[str, torch.Tensor] = {}
     seen: set[tuple] = set()
-    for key, tensor in model.state_dict(keep_vars=False).items():
+    for key, tensor in state:
         module_name, _, leaf = key.rpartition(".")
         if module_name in modules:
             if leaf == "qweight":
@@ -145,7 +148,7 @@ def _tensors(model: nn.Module, modules: dict[str, FakeQuantLinear]) -> dict[str,
     return out
 
 
-def _ignore(model: nn.Module, modules: dict[str, FakeQuantLinear]) -> list[str]:
+def float_linears(model: nn.Module, modules: Container[str]) -> list[str]:
     """Every linear-like module left in floating point: ``nn.Linear`` (lm_head...) and modules
     with a 2-D weight that vLLM builds as linears (MoE routers), in their on-disk names."""
     model_type = getattr(model.config, "model_type", None)
@@ -159,7 +162,7 @@ def _ignore(model: nn.Module, modules: dict[str, FakeQuantLinear]) -> list[str]:
     return ignore
 
 
-def _config(model: nn.Module, scheme: Scheme, ignore: list[str]) -> dict[str, Any]:
+def checkpoint_config(model: nn.Module, scheme: Scheme, ignore: list[str]) -> dict[str, Any]:
     config = copy.deepcopy(model.config)
     config.architectures = [type(model).__name__]
     config.dtype = model_dtype(model)
@@ -190,28 +193,42 @@ def save_quantized(
     model = result.model if result is not None else model
     modules = _quantized(model)
     scheme = _scheme(modules, result.scheme.name if result is not None else "custom")
-    _check_layout(model, modules)
-    for warning in _vllm_caveats(scheme, list(modules)):
+    check_layout(model, modules)
+    for warning in vllm_caveats(scheme, list(modules)):
         log.warning(warning)
-    tensors = _tensors(model, modules)
-    config = _config(model, scheme, _ignore(model, modules))
-    from smoothquant import __version__
-
-    full_recipe = {
-        "smoothquant_version": __version__,
-        "format": f"{ct.QUANT_METHOD}/{ct.FORMAT}",
-        "quantized_linears": len(modules),
-        **(result.recipe() if result is not None else {"scheme": scheme.name}),
-        **(recipe or {}),
-    }
+    model_type = getattr(model.config, "model_type", None)
+    tensors = checkpoint_tensors(model.state_dict().items(), modules, model_type)
+    config = checkpoint_config(model, scheme, float_linears(model, modules))
+    full_recipe = recipe_record(
+        len(modules), result.recipe() if result is not None else {"scheme": scheme.name}, recipe
+    )
     needed = sum(t.numel() * t.element_size() for t in tensors.values())
     with atomic_directory(out_dir, force=force, needed_bytes=needed) as tmp:
         save_file(tensors, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        generation_config = getattr(model, "generation_config", None)
-        if generation_config is not None:
-            generation_config.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        (tmp / RECIPE_FILE).write_text(json.dumps(full_recipe, indent=2, default=str) + "\n")
+        write_metadata(tmp, config, getattr(model, "generation_config", None), tokenizer, full_recipe)
     return Path(out_dir)
+
+
+def recipe_record(quantized_linears: int, applied: dict[str, Any], extra: dict[str, Any] | None) -> dict:
+    """What ``smoothquant_recipe.json`` holds: format, what was applied, and the caller's entries."""
+    from smoothquant import __version__
+
+    return {
+        "smoothquant_version": __version__,
+        "format": f"{ct.QUANT_METHOD}/{ct.FORMAT}",
+        "quantized_linears": quantized_linears,
+        **applied,
+        **(extra or {}),
+    }
+
+
+def write_metadata(
+    directory: Path, config: dict[str, Any], generation_config: Any, tokenizer: Any, recipe: dict[str, Any]
+) -> None:
+    """Everything of a checkpoint directory except the weights."""
+    (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    if generation_config is not None:
+        generation_config.save_pretrained(directory)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+    (directory / RECIPE_FILE).write_text(json.dumps(recipe, indent=2, default=str) + "\n")

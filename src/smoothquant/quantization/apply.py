@@ -72,6 +72,63 @@ def quantized_linear(
     )
 
 
+def quantized_replacements(
+    targets: dict[str, nn.Module],
+    scheme: Scheme,
+    stats: ActStats | None,
+    bmm: set[str],
+    *,
+    smoothing: str | None = None,
+) -> dict[str, FakeQuantLinear]:
+    """The ``FakeQuantLinear`` of every target (``bmm``: the targets that feed attention BMMs), all
+    built and checked before any is used. Static schemes read the absmax of each target's input
+    (and output) from ``stats``, which must have been measured at smoothing state ``smoothing``
+    (the model's :func:`smoothing_id`, when known). Works on a whole model or on one decoder block."""
+    static_in = not scheme.inputs.dynamic
+    static_out = scheme.outputs is not None and not scheme.outputs.dynamic
+    if static_in or static_out:
+        if stats is None:
+            raise StatsMismatchError(
+                f"scheme {scheme.name} uses static activation scales: pass stats=calibrate(model, data)"
+            )
+        stats_id = stats.meta.get("smoothing_id")
+        if smoothing is not None and stats_id is not None and stats_id != smoothing:
+            raise StatsMismatchError(
+                "these statistics describe the model before its last smoothing; pass the statistics "
+                "returned by smooth(), or recalibrate the smoothed model"
+            )
+        if static_in:
+            unseen = [n for n in targets if n not in stats.inputs]
+            if unseen:
+                raise StatsMismatchError(
+                    f"no calibration statistics for {len(unseen)} linears (e.g. {', '.join(unseen[:3])}): "
+                    "experts that received no calibration token need more calibration data, or use a "
+                    "dynamic scheme; otherwise these statistics come from another model"
+                )
+            stats.validate(
+                {n: in_out_features(m)[0] for n, m in targets.items()}, what=f"scheme {scheme.name}"
+            )
+        if static_out:
+            stats.validate(
+                {n: in_out_features(m)[1] for n, m in targets.items() if n in bmm},
+                what="q/k/v output scales",
+                kind="outputs",
+            )
+    replacements = {}
+    for name, module in targets.items():
+        quantize_out = name in bmm
+        replacements[name] = quantized_linear(
+            module,
+            scheme,
+            quantize_out=quantize_out,
+            input_absmax=_static_absmax(stats, "inputs", name, scheme.inputs) if static_in else None,
+            output_absmax=_static_absmax(stats, "outputs", name, scheme.outputs)
+            if static_out and quantize_out
+            else None,
+        )
+    return replacements
+
+
 def quantize(
     model: nn.Module,
     scheme: str | Scheme = "w8a8",
@@ -101,49 +158,7 @@ def quantize(
     targets = quantization_targets(model, quantize_lm_head=quantize_lm_head, resolved=resolved)
     bmm = set(resolved.bmm_inputs) if scheme.outputs is not None else set()
 
-    static_in = not scheme.inputs.dynamic
-    static_out = scheme.outputs is not None and not scheme.outputs.dynamic
-    if static_in or static_out:
-        if stats is None:
-            raise StatsMismatchError(
-                f"scheme {scheme.name} uses static activation scales: pass stats=calibrate(model, data)"
-            )
-        stats_id = stats.meta.get("smoothing_id")
-        if stats_id is not None and stats_id != smoothing_id(model):
-            raise StatsMismatchError(
-                "these statistics describe the model before its last smoothing; pass the statistics "
-                "returned by smooth(), or recalibrate the smoothed model"
-            )
-        if static_in:
-            unseen = [n for n in targets if n not in stats.inputs]
-            if unseen:
-                raise StatsMismatchError(
-                    f"no calibration statistics for {len(unseen)} linears (e.g. {', '.join(unseen[:3])}): "
-                    "experts that received no calibration token need more calibration data, or use a "
-                    "dynamic scheme; otherwise these statistics come from another model"
-                )
-            stats.validate(
-                {n: in_out_features(m)[0] for n, m in targets.items()}, what=f"scheme {scheme.name}"
-            )
-        if static_out:
-            stats.validate(
-                {n: in_out_features(m)[1] for n, m in targets.items() if n in bmm},
-                what="q/k/v output scales",
-                kind="outputs",
-            )
-
-    replacements = {}
-    for name, module in targets.items():
-        quantize_out = name in bmm
-        replacements[name] = quantized_linear(
-            module,
-            scheme,
-            quantize_out=quantize_out,
-            input_absmax=_static_absmax(stats, "inputs", name, scheme.inputs) if static_in else None,
-            output_absmax=_static_absmax(stats, "outputs", name, scheme.outputs)
-            if static_out and quantize_out
-            else None,
-        )
+    replacements = quantized_replacements(targets, scheme, stats, bmm, smoothing=smoothing_id(model))
     for name, new in replacements.items():
         set_submodule(model, name, new)
     return model

@@ -237,14 +237,9 @@ class _Search:
     """State shared by the per-block steps (kept out of the public signature)."""
 
     def __init__(
-        self,
-        scheme: Scheme,
-        stats: ActStats,
-        resolved: ResolvedModel,
-        dt: torch.dtype,
-        trial_tokens: int | None,
+        self, scheme: Scheme, resolved: ResolvedModel, dt: torch.dtype, trial_tokens: int | None
     ) -> None:
-        self.scheme, self.stats, self.resolved, self.dt = scheme, stats, resolved, dt
+        self.scheme, self.resolved, self.dt = scheme, resolved, dt
         self.trial_tokens = trial_tokens
         self.bmm = set(resolved.bmm_inputs) if scheme.outputs is not None else set()
         self.static_in = not scheme.inputs.dynamic
@@ -327,6 +322,108 @@ def _sse(outputs: list[torch.Tensor], refs: list[torch.Tensor]) -> float:
     return err / max(total, 1e-30)
 
 
+def check_options(
+    scheme: Scheme,
+    grid: Sequence[float],
+    reference: str,
+    num_samples: int | None,
+    trial_tokens: int | None,
+) -> tuple[float, ...]:
+    """Everything about a search that can be checked before any work; returns the sorted grid."""
+    _check_scheme(scheme)
+    grid = _check_grid(grid)
+    if reference not in REFERENCES:
+        raise ArgumentError(f"reference must be one of {', '.join(REFERENCES)}, not {reference!r}")
+    for what, n in (("num_samples", num_samples), ("trial_tokens", trial_tokens)):
+        if n is not None and n < 1:
+            raise ArgumentError(f"{what} must be >= 1, got {n}")
+    return grid
+
+
+class BlockSearch:
+    """The search of :func:`search_alpha`, one decoder block at a time.
+
+    :meth:`step` chooses the alphas of one block's groups from the block's statistics and inputs
+    and returns the inputs of the next block (of the quantized block, or of the floating-point one
+    with ``reference="fp"``), so a caller holding one block in memory at a time
+    (:mod:`smoothquant.layerwise`) gets exactly what :func:`search_alpha` chooses. Options are
+    those of :func:`search_alpha`, already checked by :func:`check_options`.
+    """
+
+    def __init__(
+        self,
+        scheme: Scheme,
+        resolved: ResolvedModel,
+        dt: torch.dtype,
+        *,
+        linear_pairs: bool,
+        per_block: bool,
+        grid: tuple[float, ...],
+        exhaustive: bool,
+        reference: str,
+        trial_tokens: int | None,
+    ) -> None:
+        self.groups = [g for g in resolved.groups if linear_pairs or not g.is_linear_pair]
+        self.linear_pairs, self.per_block, self.grid = linear_pairs, per_block, grid
+        self.exhaustive, self.reference = exhaustive, reference
+        self._search = _Search(scheme, resolved, dt, trial_tokens)
+        self.alpha: dict[str, float | None] = {}
+        self.errors: dict[str, dict[str, float]] = {}
+        self.block_errors: dict[str, float] = {}
+        self.evaluations = 0
+
+    def step(
+        self,
+        block_name: str,
+        layer: nn.Module,
+        stats: ActStats,
+        hidden: list[torch.Tensor],
+        calls: list[BlockCall],
+    ) -> tuple[list[torch.Tensor], dict[str, Any]]:
+        """Search one block (``stats``: its unsmoothed statistics, which are not modified); returns
+        the next block's inputs and what was chosen, as a JSON-able record for :meth:`restore`."""
+        mine = sorted(
+            (g for g in self.groups if g.id.startswith(block_name + ".")), key=lambda g: not g.is_linear_pair
+        )
+        step = _search_block_wise if self.per_block else _search_group_wise
+        before = self._search.evaluations
+        qblock, fp_out, picked, errs = step(
+            self._search, block_name, layer, mine, stats, hidden, calls, self.grid, self.exhaustive
+        )
+        q_out = [call(qblock, h) for h, call in zip(hidden, calls, strict=True)]
+        record = {
+            "alpha": picked,
+            "errors": errs,
+            "block_error": _sse(q_out, fp_out),
+            "evaluations": self._search.evaluations - before,
+        }
+        self.restore(block_name, record)
+        return (q_out if self.reference == "quantized" else fp_out), record
+
+    def restore(self, block_name: str, record: dict[str, Any]) -> None:
+        """Take a block's record (from :meth:`step`, possibly of an earlier run) into the result."""
+        self.alpha.update(record["alpha"])
+        self.errors.update(record["errors"])
+        self.block_errors[block_name] = record["block_error"]
+        self.evaluations += record["evaluations"]
+
+    def result(self, scheme: str, num_tokens: int, seconds: float) -> AlphaSearch:
+        order = {g.id: i for i, g in enumerate(self.groups)}  # report in the model's group order
+        return AlphaSearch(
+            alpha=dict(sorted(self.alpha.items(), key=lambda kv: order[kv[0]])),
+            errors=self.errors,
+            block_errors=self.block_errors,
+            scheme=scheme,
+            linear_pairs=self.linear_pairs,
+            per_block=self.per_block,
+            reference=self.reference,
+            grid=self.grid,
+            num_tokens=num_tokens,
+            seconds=seconds,
+            evaluations=self.evaluations,
+        )
+
+
 @torch.no_grad()
 def search_alpha(
     model: nn.Module,
@@ -365,38 +462,33 @@ def search_alpha(
     """
     start = time.perf_counter()
     scheme = get_scheme(scheme, quantize_bmm_inputs=quantize_bmm_inputs)
-    _check_scheme(scheme)
-    grid = _check_grid(grid)
-    if reference not in REFERENCES:
-        raise ArgumentError(f"reference must be one of {', '.join(REFERENCES)}, not {reference!r}")
-    for what, n in (("num_samples", num_samples), ("trial_tokens", trial_tokens)):
-        if n is not None and n < 1:
-            raise ArgumentError(f"{what} must be >= 1, got {n}")
+    grid = check_options(scheme, grid, reference, num_samples, trial_tokens)
     rows = sequences(batches, seq_len)[:num_samples]
     prepare_model(model)
     resolved = resolve(model)
-    groups = [g for g in resolved.groups if linear_pairs or not g.is_linear_pair]
+    search = BlockSearch(
+        scheme,
+        resolved,
+        compute_dtype(model_dtype(model)),
+        linear_pairs=linear_pairs,
+        per_block=per_block,
+        grid=grid,
+        exhaustive=exhaustive,
+        reference=reference,
+        trial_tokens=trial_tokens,
+    )
     was_training = model.training
     model.eval()
     try:
         if stats is None:
             stats = calibrate(model, rows, batch_size=batch_size, progress=progress)
-        check_stats(resolved, groups, stats, model)
+        check_stats(resolved, search.groups, stats, model)
         if not scheme.inputs.dynamic:
-            unseen = [n for n in resolved.quantizable if n not in stats.inputs]
-            if unseen:
-                raise StatsMismatchError(
-                    f"no calibration statistics for {len(unseen)} linears (e.g. {', '.join(unseen[:3])}); "
-                    f"static scheme {scheme.name} needs every linear's input range: calibrate on more data"
-                )
+            check_static_coverage(scheme, list(resolved.quantizable), stats)
         device = next(model.parameters()).device
         ids = [b.to(device) for b in make_batches(rows, batch_size)]
         layers = model.get_submodule(resolved.layers_path)
         hidden, calls = capture_block_calls(model, layers, ids)
-        search = _Search(scheme, stats, resolved, compute_dtype(model_dtype(model)), trial_tokens)
-        chosen: dict[str, float | None] = {}
-        errors: dict[str, dict[str, float]] = {}
-        block_errors: dict[str, float] = {}
         bar = tqdm(
             list(zip(resolved.blocks, layers, calls, strict=True)),
             desc="alpha search",
@@ -404,36 +496,20 @@ def search_alpha(
             disable=not progress,
         )
         for block_name, layer, block_calls in bar:
-            mine = sorted(
-                (g for g in groups if g.id.startswith(block_name + ".")), key=lambda g: not g.is_linear_pair
-            )
-            step = _search_block_wise if per_block else _search_group_wise
-            qblock, fp_out, picked, errs = step(
-                search, block_name, layer, mine, hidden, block_calls, grid, exhaustive
-            )
-            chosen.update(picked)
-            errors.update(errs)
-            q_out = [call(qblock, h) for h, call in zip(hidden, block_calls, strict=True)]
-            block_errors[block_name] = _sse(q_out, fp_out)
-            hidden = q_out if reference == "quantized" else fp_out
+            hidden, _ = search.step(block_name, layer, stats, hidden, block_calls)
     finally:
         model.train(was_training)
-    # report in the model's group order
-    order = {g.id: i for i, g in enumerate(groups)}
-    chosen = dict(sorted(chosen.items(), key=lambda kv: order[kv[0]]))
-    return AlphaSearch(
-        alpha=chosen,
-        errors=errors,
-        block_errors=block_errors,
-        scheme=scheme.name,
-        linear_pairs=linear_pairs,
-        per_block=per_block,
-        reference=reference,
-        grid=grid,
-        num_tokens=sum(r.numel() for r in rows),
-        seconds=time.perf_counter() - start,
-        evaluations=search.evaluations,
-    )
+    return search.result(scheme.name, sum(r.numel() for r in rows), time.perf_counter() - start)
+
+
+def check_static_coverage(scheme: Scheme, quantizable: list[str], stats: ActStats) -> None:
+    """Static schemes need every searched linear's input range."""
+    unseen = [n for n in quantizable if n not in stats.inputs]
+    if unseen:
+        raise StatsMismatchError(
+            f"no calibration statistics for {len(unseen)} linears (e.g. {', '.join(unseen[:3])}); "
+            f"static scheme {scheme.name} needs every linear's input range: calibrate on more data"
+        )
 
 
 def _search_group_wise(
@@ -441,6 +517,7 @@ def _search_group_wise(
     block_name: str,
     layer: nn.Module,
     groups: list[ResolvedGroup],
+    block_stats: ActStats,
     hidden: list[torch.Tensor],
     calls: list[BlockCall],
     grid: tuple[float, ...],
@@ -450,7 +527,7 @@ def _search_group_wise(
     fp_out, inputs = run_capturing(layer, hidden, calls, watch)
     inputs = {n: _subsample(xs, search.trial_tokens) for n, xs in inputs.items()}
     work = copy.deepcopy(layer)
-    stats = search.stats.copy()
+    stats = block_stats.copy()
     picked: dict[str, float | None] = {}
     errs: dict[str, dict[str, float]] = {}
     for g in (_rebind(g, block_name, work) for g in groups):
@@ -473,6 +550,7 @@ def _search_block_wise(
     block_name: str,
     layer: nn.Module,
     groups: list[ResolvedGroup],
+    block_stats: ActStats,
     hidden: list[torch.Tensor],
     calls: list[BlockCall],
     grid: tuple[float, ...],
@@ -482,7 +560,7 @@ def _search_block_wise(
 
     def build(alpha: Candidate) -> nn.Module:
         work = copy.deepcopy(layer)
-        stats = search.stats.copy()
+        stats = block_stats.copy()
         if alpha is not None:
             for g in (_rebind(g, block_name, work) for g in groups):
                 s = group_scales(g, stats, alpha, search.dt)

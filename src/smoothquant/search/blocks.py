@@ -5,6 +5,11 @@ attention masks, per-layer sliding-window masks, ALiBi...). Rather than reimplem
 family, one forward pass records, with a pre-hook on every block, the arguments each block
 receives; hidden states are kept for the first block only. Blocks are then called directly with
 those arguments and whatever hidden states the search feeds them.
+
+With ``skip_blocks`` the blocks do not run at all (their weights may still be on the meta device,
+as in :mod:`smoothquant.layerwise`): each is replaced, for that one pass, by a stand-in that
+records its call and hands its hidden states on unchanged. None of the recorded arguments depends
+on the hidden states, so they are the same as with the real blocks.
 """
 
 from __future__ import annotations
@@ -38,11 +43,43 @@ class BlockCall:
         return out[0] if isinstance(out, (tuple, list)) else out
 
 
+class _Passed(tuple):
+    """A stand-in's output: ``(hidden,)``, so that loops reading ``outputs[0]`` (BLOOM, Falcon) get
+    the hidden states, and loops that pass the output on whole (Llama...) hand it to the next
+    stand-in, which unwraps it. A loop computing with it between blocks fails loudly."""
+
+
+class _StandIn(nn.Module):
+    """Takes a block's place for one pass: records the call, computes nothing. Attributes the
+    model's loop reads from its blocks (Gemma's ``attention_type``) come from the real block."""
+
+    def __init__(self, block: nn.Module, record) -> None:
+        super().__init__()
+        self.block = block
+        self._record = record
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["block"], name)
+
+    def forward(self, *args: Any, **kwargs: Any) -> _Passed:
+        self._record(self, args, kwargs)
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        return hidden if isinstance(hidden, _Passed) else _Passed((hidden,))
+
+
 def capture_block_calls(
-    model: nn.Module, layers: nn.ModuleList, batches: Iterable[torch.Tensor]
+    model: nn.Module,
+    layers: nn.ModuleList,
+    batches: Iterable[torch.Tensor],
+    *,
+    skip_blocks: bool = False,
 ) -> tuple[list[torch.Tensor], list[list[BlockCall]]]:
     """Hidden states entering the first block (one tensor per batch) and, for every block, its
-    call arguments per batch. The forward stops at the last block, skipping it and the LM head."""
+    call arguments per batch. The forward stops at the last block, skipping it and the LM head;
+    ``skip_blocks`` skips every block (see the module docstring)."""
     first: list[torch.Tensor] = []
     calls: list[list[BlockCall]] = [[] for _ in layers]
     last = len(layers) - 1
@@ -60,7 +97,15 @@ def capture_block_calls(
 
         return record
 
-    handles = [layer.register_forward_pre_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    originals = list(layers)
+    handles = []
+    if skip_blocks:
+        for i, block in enumerate(originals):
+            layers[i] = _StandIn(block, hook(i))
+    else:
+        handles = [
+            layer.register_forward_pre_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)
+        ]
     try:
         for ids in batches:
             with contextlib.suppress(_StopForward):
@@ -68,6 +113,8 @@ def capture_block_calls(
     finally:
         for h in handles:
             h.remove()
+        for i, block in enumerate(originals):
+            layers[i] = block
     return first, calls
 
 

@@ -124,6 +124,45 @@ def apply_group(g: ResolvedGroup, s: torch.Tensor, stats: ActStats) -> None:
         stats.outputs[g.producer_name][rows] = stats.outputs[g.producer_name][rows] / s.float()
 
 
+def smoothing_groups(resolved: ResolvedModel, linear_pairs: bool, method: str) -> list[ResolvedGroup]:
+    """The groups a call smooths: norm groups, and linear -> linear ones with ``linear_pairs``."""
+    if method not in METHODS:
+        raise ArgumentError(f"unknown smoothing method {method!r}; choose one of {', '.join(METHODS)}")
+    pairs = linear_pairs and method == "smoothquant"
+    return [g for g in resolved.groups if pairs or not g.is_linear_pair]
+
+
+@torch.no_grad()
+def smooth_groups(
+    groups: list[ResolvedGroup],
+    stats: ActStats,
+    alphas: Mapping[str, float | None],
+    dt: torch.dtype,
+    method: str = "smoothquant",
+) -> tuple[ActStats, dict[str, float | None]]:
+    """Fold the scales of ``groups`` into their modules; returns the smoothed statistics (a copy)
+    and the alpha applied per group (None: skipped).
+
+    Linear producers go first: their output rows change, and the norm groups then balance
+    against the weights that will actually be quantized. Groups of different blocks never share
+    a module, so smoothing one block at a time (:mod:`smoothquant.layerwise`) gives the same result.
+    """
+    out = stats.copy()
+    applied: dict[str, float | None] = {}
+    for g in sorted(groups, key=lambda g: not g.is_linear_pair):
+        a = alphas[g.id]
+        applied[g.id] = a
+        if a is None:
+            continue
+        s = group_scales(g, stats, a, dt, method)
+        if s is None:
+            log.warning("smoothing group %s skipped: its consumers saw no calibration tokens", g.id)
+            applied[g.id] = None
+            continue
+        apply_group(g, s, out)
+    return out, applied
+
+
 @torch.no_grad()
 def smooth(
     model: nn.Module,
@@ -155,28 +194,10 @@ def smooth(
         raise ArgumentError(f"unknown smoothing method {method!r}; choose one of {', '.join(METHODS)}")
     prepare_model(model)
     resolved = resolve(model)
-    groups = [
-        g for g in resolved.groups if (linear_pairs and method == "smoothquant") or not g.is_linear_pair
-    ]
+    groups = smoothing_groups(resolved, linear_pairs, method)
     alphas = resolve_alphas([g.id for g in groups], alpha)
     check_stats(resolved, groups, stats, model)
-
-    dt = compute_dtype(model_dtype(model))
-    out = stats.copy()
-    applied: dict[str, float | None] = {}
-    # Linear producers first: their output rows change, and the norm groups then balance against
-    # the weights that will actually be quantized.
-    for g in sorted(groups, key=lambda g: not g.is_linear_pair):
-        a = alphas[g.id]
-        applied[g.id] = a
-        if a is None:
-            continue
-        s = group_scales(g, stats, a, dt, method)
-        if s is None:
-            log.warning("smoothing group %s skipped: its consumers saw no calibration tokens", g.id)
-            applied[g.id] = None
-            continue
-        apply_group(g, s, out)
+    out, applied = smooth_groups(groups, stats, alphas, compute_dtype(model_dtype(model)), method)
     record = {"method": method, "linear_pairs": linear_pairs, "alpha": applied}
     out.meta["smoothing_id"] = record_smoothing(model, record)
     out.meta["smoothing"] = record

@@ -1,0 +1,634 @@
+"""``quantize_checkpoint``: calibrate, smooth and quantize a checkpoint one decoder block at a time.
+
+Memory holds one block's weights and the calibration activations between blocks, whatever the
+depth of the model:
+
+1. a skeleton of the model is built with every parameter on the meta device; only what runs before
+   the first block (embeddings...) is read from the checkpoint. One forward pass per calibration
+   batch, with every block replaced by a stand-in (:func:`capture_block_calls` with
+   ``skip_blocks``), records what each block is called with (rotary embeddings, per-layer masks)
+   and the hidden states entering the first block;
+2. per block: its weights are read from the shards; it runs on the cached hidden states with the
+   observers of :func:`calibrate` (statistics of this block) and its outputs become the next
+   block's inputs; its groups are smoothed (``smooth_groups``, or the alphas the block step of
+   :func:`search_alpha` chooses with ``alpha="auto"``), its linears quantized
+   (``quantized_replacements``), its tensors written as one shard of the compressed-tensors
+   checkpoint (``checkpoint_tensors``), and its memory released.
+
+Every step is the in-memory pipeline's own code applied to one block, and each block computes on
+the same inputs with the same batches as inside the full model's forward, so the checkpoint holds
+the same tensors, bit for bit, as ``quantize_model`` + ``save_quantized`` (only the sharding
+differs). The output appears atomically when complete; an interrupted run resumes
+(:mod:`.resume`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import hashlib
+import inspect
+import json
+import logging
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import transformers
+from safetensors.torch import save_file
+from torch import nn
+
+from smoothquant.calibration import ActStats
+from smoothquant.calibration.batches import Batches, make_batches, sequences
+from smoothquant.calibration.calibrate import calibration_rows, collect, observing, vocab_size
+from smoothquant.errors import ArgumentError, CalibrationError, CheckpointError, DiskSpaceError
+from smoothquant.export import compressed_tensors as ct
+from smoothquant.export.atomic import check_free_space, check_output, publish
+from smoothquant.export.load import config_dtype
+from smoothquant.export.save import (
+    check_layout,
+    checkpoint_config,
+    checkpoint_tensors,
+    float_linears,
+    recipe_record,
+    vllm_caveats,
+    write_metadata,
+)
+from smoothquant.families import resolve
+from smoothquant.layerwise import activations
+from smoothquant.layerwise.checkpoint import Checkpoint, empty_model, move_buffers, release
+from smoothquant.layerwise.resume import Manifest
+from smoothquant.nn_utils import compute_dtype, set_submodule
+from smoothquant.pipeline import QuantizationResult
+from smoothquant.quantization import Scheme, get_scheme
+from smoothquant.quantization.apply import quantization_targets, quantized_replacements
+from smoothquant.search.alpha import (
+    AlphaSearch,
+    BlockSearch,
+    check_options,
+    check_static_coverage,
+    search_alpha,
+)
+from smoothquant.search.blocks import BlockCall, capture_block_calls
+from smoothquant.smoothing.smooth import Alpha, check_stats, resolve_alphas, smooth_groups, smoothing_groups
+
+log = logging.getLogger("smoothquant")
+
+INDEX_FILE = "model.safetensors.index.json"
+# any of these in the source folder means it has a tokenizer to copy (transformers would otherwise
+# build an empty default one)
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model")
+# search_alpha's options that quantize_checkpoint(alpha="auto", search_options=...) accepts
+SEARCH_KEYS = ("per_block", "grid", "exhaustive", "reference", "num_samples", "trial_tokens")
+
+
+@dataclass
+class LayerwiseSummary:
+    """What a run did and what it cost (``peak_rss``: the process's peak resident memory)."""
+
+    out_dir: Path
+    model: str
+    scheme: str
+    alpha: dict[str, float | None]
+    num_layers: int
+    reused_layers: int
+    layer_seconds: dict[int, float]
+    seconds: dict[str, float]
+    peak_rss: int
+    peak_device: int | None
+    source_bytes: int
+    output_bytes: int
+    activation_bytes: int
+    dtype: torch.dtype
+    device: str
+    offload: bool
+    search: AlphaSearch | None = None
+    quantized_linears: int = 0
+
+    def lines(self) -> list[str]:
+        gib, mib = 2**30, 2**20
+        alphas = sorted({a for a in self.alpha.values() if a is not None})
+        alpha = "none" if not alphas else f"{alphas[0]:g}" + (f"..{alphas[-1]:g}" if len(alphas) > 1 else "")
+        computed = list(self.layer_seconds.values())
+        per_layer = f"{sum(computed) / len(computed):.1f} s per layer" if computed else "all layers reused"
+        device = f", peak {self.device} memory {self.peak_device / gib:.2f} GiB" if self.peak_device else ""
+        where = "offloaded to disk" if self.offload else "in memory"
+        return [
+            f"quantized {self.quantized_linears} linears of {self.model} layer by layer with {self.scheme} "
+            f"(alpha {alpha}), {self.num_layers} layers ({self.reused_layers} reused from an interrupted run)",
+            f"size: {self.source_bytes / mib:.1f} MiB on disk -> {self.output_bytes / mib:.1f} MiB; "
+            f"compute in {str(self.dtype).removeprefix('torch.')} on {self.device}",
+            f"time: {per_layer}; " + ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items()),
+            f"memory: peak RSS {self.peak_rss / gib:.2f} GiB{device}; calibration activations "
+            f"{self.activation_bytes / mib:.1f} MiB per block boundary, {where}",
+            f"wrote {self.out_dir} (compressed-tensors int-quantized, sharded per layer)",
+        ]
+
+
+def peak_rss() -> int:
+    """Peak resident memory of this process in bytes (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _rows_digest(rows: list[torch.Tensor], batch_size: int) -> str:
+    h = hashlib.sha256(f"batch_size={batch_size}".encode())
+    for row in rows:
+        h.update(str(row.numel()).encode())
+        h.update(row.long().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _search_options(search_options: Mapping[str, Any] | None, seq_len: int | None, batch_size: int) -> dict:
+    """search_alpha's defaults, overridden by ``search_options`` (as quantize_model passes them)."""
+    params = inspect.signature(search_alpha).parameters
+    options = {k: params[k].default for k in SEARCH_KEYS} | {"seq_len": seq_len, "batch_size": batch_size}
+    unknown = set(search_options or {}) - set(options)
+    if unknown:
+        raise ArgumentError(
+            f"unknown search option(s) {', '.join(sorted(unknown))}; layer-by-layer search takes "
+            f"{', '.join(options)}"
+        )
+    return options | dict(search_options or {})
+
+
+def _shard_name(index: int, count: int) -> str:
+    return f"model-{index:05d}-of-{count:05d}.safetensors"
+
+
+def _estimate_bytes(model: nn.Module, targets: Mapping[str, nn.Module]) -> int:
+    """The checkpoint's size: int8 weights (and one fp32 scale per row) for targets, the rest as is."""
+    total, seen = 0, set()
+    for name, t in model.state_dict(keep_vars=True).items():
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        module, _, leaf = name.rpartition(".")
+        if module in targets and leaf == "weight":
+            total += t.numel() + 4 * t.shape[0]
+        else:
+            total += t.numel() * t.element_size()
+    return total
+
+
+def _shard(directory: Path, file: str, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Write one shard (temporary name, flushed, renamed into place); its manifest record."""
+    path = directory / file
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"format": "pt"})
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    return {
+        "file": file,
+        "tensors": list(tensors),
+        "bytes": sum(t.numel() * t.element_size() for t in tensors.values()),
+    }
+
+
+def _run_block(
+    block: nn.Module,
+    hidden: list[torch.Tensor],
+    calls: list[BlockCall],
+    device: torch.device,
+    writer: activations.Writer | None,
+    keep: bool,
+) -> list[torch.Tensor]:
+    """The block's outputs on every batch: appended to ``writer`` and, with ``keep``, returned."""
+    outputs = []
+    for h, call in zip(hidden, calls, strict=True):
+        y = call(block, h.to(device))
+        if writer is not None:
+            writer.append(y)
+        if keep:
+            outputs.append(y)
+    return outputs
+
+
+class _Job:
+    """One layer-by-layer run: everything is read and checked in ``__init__``, before the partial
+    output directory is touched; :meth:`run` then does the work (see the module docstring)."""
+
+    def __init__(
+        self,
+        src: Path,
+        calibration: Batches | None,
+        scheme: str | Scheme,
+        alpha: Alpha | Literal["auto"],
+        linear_pairs: bool | None,
+        search_options: Mapping[str, Any] | None,
+        dtype: torch.dtype | None,
+        device: torch.device,
+        seq_len: int | None,
+        batch_size: int,
+        num_samples: int | None,
+        offload: bool,
+        tokenizer: Any,
+        progress: bool,
+    ) -> None:
+        self.scheme = scheme = get_scheme(scheme)
+        ct.check_exportable(scheme)
+        if scheme.needs_token_histograms:
+            raise ArgumentError(
+                f"scheme {scheme.name} clips at token quantiles measured after smoothing, which needs the "
+                "smoothed model's own activations; quantize it in memory with quantize_model instead"
+            )
+        auto = isinstance(alpha, str)
+        if auto and alpha != "auto":
+            raise ArgumentError(f"alpha must be a number, a mapping of group ids, or 'auto'; got {alpha!r}")
+        self.linear_pairs = auto if linear_pairs is None else linear_pairs
+        self.options: dict[str, Any] | None = None
+        if auto and scheme.migration == "smoothquant":
+            self.options = options = _search_options(search_options, seq_len, batch_size)
+            options["grid"] = check_options(
+                scheme, options["grid"], options["reference"], options["num_samples"], options["trial_tokens"]
+            )
+        elif auto:
+            alpha = 0.5  # as quantize_model: gamma migration has no alpha
+        self.alpha = alpha
+        self.method = {"smoothquant": "smoothquant", "gamma": "gamma"}.get(scheme.migration)
+        if not (src / "config.json").is_file():
+            raise CheckpointError(f"{src} is not a checkpoint folder (no config.json)")
+        self.src, self.device, self.offload, self.progress = src, device, offload, progress
+
+        config = transformers.AutoConfig.from_pretrained(src)
+        self.dtype = dtype = config_dtype(json.loads((src / "config.json").read_text()), dtype)
+        self.model_type = getattr(config, "model_type", None)
+        self.model = model = empty_model(config, dtype)
+        self.resolved = resolved = resolve(model)
+        self.layers = model.get_submodule(resolved.layers_path)
+        self.groups = smoothing_groups(resolved, self.linear_pairs, self.method) if self.method else []
+        self.alphas = {}
+        if self.method and self.options is None:
+            self.alphas = resolve_alphas([g.id for g in self.groups], alpha)
+        self.targets = quantization_targets(model, resolved=resolved)
+        check_layout(model, self.targets)
+        for warning in vllm_caveats(scheme, list(self.targets)):
+            log.warning(warning)
+        self.config = checkpoint_config(model, scheme, float_linears(model, self.targets))
+        self.generation_config = getattr(model, "generation_config", None)
+        if (src / "generation_config.json").is_file():
+            self.generation_config = transformers.GenerationConfig.from_pretrained(src)
+        if tokenizer is None and any((src / f).is_file() for f in TOKENIZER_FILES):
+            tokenizer = transformers.AutoTokenizer.from_pretrained(src)
+        self.tokenizer = tokenizer
+        self.search: AlphaSearch | None = None
+        self.checkpoint = Checkpoint(src, model)
+
+        self.rows: list[torch.Tensor] = []
+        search_rows: list[torch.Tensor] = []
+        if scheme.needs_calibration:
+            if calibration is None:
+                raise CalibrationError(f"scheme {scheme.name} needs calibration data")
+            self.rows = calibration_rows(calibration, seq_len, num_samples, vocab_size(model))
+            if self.options:
+                search_rows = sequences(calibration, self.options["seq_len"])[: self.options["num_samples"]]
+        self.batches = make_batches(self.rows, batch_size) if self.rows else []
+        self.search_batches = make_batches(search_rows, self.options["batch_size"]) if search_rows else []
+        hidden = getattr(config, "hidden_size", 0) or 0
+        self.activation_bytes = sum(b.numel() for b in self.batches) * hidden * dtype.itemsize
+        self.job = {
+            "num_layers": len(self.layers),
+            "source": self.checkpoint.fingerprint(),
+            "dtype": str(dtype),
+            "device": device.type,
+            "scheme": dataclasses.asdict(scheme),
+            "alpha": dict(alpha) if isinstance(alpha, Mapping) else alpha,
+            "linear_pairs": self.linear_pairs,
+            "search": None if self.options is None else {**self.options, "grid": list(self.options["grid"])},
+            "calibration": _rows_digest(self.rows, batch_size),
+            "search_calibration": _rows_digest(search_rows, self.options["batch_size"])
+            if self.options
+            else None,
+            "versions": [_version(), torch.__version__, transformers.__version__],
+        }
+
+    def estimate_bytes(self) -> int:
+        """Disk the output and the activation files need."""
+        return _estimate_bytes(self.model, self.targets) + 3 * self.activation_bytes
+
+    # ---- the work ----------------------------------------------------------------------------
+    def run(self, manifest: Manifest) -> tuple[int, dict[int, float], AlphaSearch | None]:
+        """Write every shard into the manifest's directory; returns (blocks reused, seconds per
+        block computed, the alpha search)."""
+        directory, layers, resolved, model = manifest.directory, self.layers, self.resolved, self.model
+        parts = self._parts()
+        count = len(parts) + len(layers)
+
+        def write_part(index: int, part: str) -> None:
+            if part not in manifest.outside:
+                state = [(k, v) for k, v in model.state_dict().items() if parts[part](k)]
+                tensors = checkpoint_tensors(state, {}, self.model_type)
+                manifest.finish_outside(part, _shard(directory, _shard_name(index + 1, count), tensors))
+
+        move_buffers(model, self.device)
+        self.checkpoint.load(model, parts["embeddings"], self.device)
+        write_part(0, "embeddings")
+        done = len(manifest.layers)
+        hidden: list[torch.Tensor] = []
+        search_hidden: list[torch.Tensor] = []
+        calls: list[list[BlockCall]] = [[] for _ in layers]
+        search_calls: list[list[BlockCall]] = [[] for _ in layers]
+        if self.batches and done < len(layers):
+            ids = [b.to(self.device) for b in self.batches]
+            hidden, calls = capture_block_calls(model, layers, ids, skip_blocks=True)
+            if self.search_batches:
+                ids = [b.to(self.device) for b in self.search_batches]
+                search_hidden, search_calls = capture_block_calls(model, layers, ids, skip_blocks=True)
+            streams = manifest.activations()
+            if streams is not None:  # resuming: the inputs of the first block to compute
+                hidden = activations.read(directory, streams["calib"], self.device, mapped=self.offload)
+                if "search" in streams:
+                    search_hidden = activations.read(directory, streams["search"], self.device, mapped=False)
+            elif self.offload:
+                stream = activations.write(directory / "activations-00000-calib.bin", hidden)
+                manifest.record_inputs({"calib": stream})
+                hidden = activations.read(directory, stream, self.device, mapped=True)
+        release(model, parts["embeddings"])
+        if "head" in parts:  # one at a time: for large vocabularies each is as big as a block
+            self.checkpoint.load(model, parts["head"], self.device)
+            write_part(1, "head")
+            release(model, parts["head"])
+        first = len(parts) + 1
+
+        search = None
+        if self.options is not None:
+            search = BlockSearch(
+                self.scheme,
+                resolved,
+                compute_dtype(self.dtype),
+                linear_pairs=self.linear_pairs,
+                per_block=self.options["per_block"],
+                grid=self.options["grid"],
+                exhaustive=self.options["exhaustive"],
+                reference=self.options["reference"],
+                trial_tokens=self.options["trial_tokens"],
+            )
+            for record in manifest.layers:
+                search.restore(resolved.blocks[record["index"]], record["search"])
+        search_seconds = sum(r.get("search_seconds", 0.0) for r in manifest.layers)
+        layer_seconds: dict[int, float] = {}
+        if self.progress:
+            tokens = sum(b.numel() for b in self.batches)
+            print(
+                f"{len(layers)} layers to quantize ({done} done before), calibrating on {tokens} tokens; "
+                f"peak RSS so far {peak_rss() / 2**30:.2f} GiB",
+                file=sys.stderr,
+                flush=True,
+            )
+        for i in range(done, len(layers)):
+            t0 = time.perf_counter()
+            hidden, search_hidden, record = self._block(
+                i, first + i, count, manifest, hidden, calls[i], search, search_hidden, search_calls[i]
+            )
+            calls[i], search_calls[i] = [], []
+            search_seconds += record.get("search_seconds", 0.0)
+            layer_seconds[i] = time.perf_counter() - t0
+            if self.progress:
+                mean = sum(layer_seconds.values()) / len(layer_seconds)
+                print(
+                    f"layer {i + 1}/{len(layers)}: {layer_seconds[i]:.1f} s, "
+                    f"ETA {mean * (len(layers) - 1 - i) / 60:.1f} min, peak RSS {peak_rss() / 2**30:.2f} GiB",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        result = None
+        if search is not None:
+            tokens = sum(b.numel() for b in self.search_batches)
+            result = search.result(self.scheme.name, tokens, search_seconds)
+        return done, layer_seconds, result
+
+    def _parts(self) -> dict[str, Callable[[str], bool]]:
+        """The tensors outside the blocks, as the shards that hold them: what runs before the first
+        block and the final norm (``embeddings``), and an untied output embedding (``head``)."""
+        prefix = self.resolved.layers_path + "."
+        head = self.model.get_output_embeddings()
+        name = next((n for n, m in self.model.named_modules() if m is head), None)
+        tied = head is not None and head.weight is self.model.get_input_embeddings().weight
+        if name is None or tied:
+            return {"embeddings": lambda n: not n.startswith(prefix)}
+        head_prefix = name + "."
+        return {
+            "embeddings": lambda n: not n.startswith((prefix, head_prefix)),
+            "head": lambda n: n.startswith(head_prefix),
+        }
+
+    def _block(
+        self,
+        i: int,
+        shard: int,
+        count: int,
+        manifest: Manifest,
+        hidden: list[torch.Tensor],
+        calls: list[BlockCall],
+        search: BlockSearch | None,
+        search_hidden: list[torch.Tensor],
+        search_calls: list[BlockCall],
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], dict[str, Any]]:
+        """Read, calibrate, smooth, quantize and write block ``i``; returns the next block's inputs
+        (and those of the search) and the block's manifest record."""
+        directory = manifest.directory
+        name = self.resolved.blocks[i]
+        prefix = name + "."
+
+        def mine(n: str) -> bool:
+            return n.startswith(prefix)
+
+        block = self.layers[i]
+        last = i == len(self.layers) - 1
+        self.checkpoint.load(self.model, mine, self.device)
+        groups = [g for g in self.groups if mine(g.id)]
+        streams: dict[str, activations.Stream] = {}
+        stats, outputs, next_search = ActStats(), [], []
+        if self.batches:
+            writer = None if last else activations.Writer(directory / f"activations-{i + 1:05d}-calib.bin")
+            with observing(block, set(), prefix=name) as observers:
+                outputs = _run_block(block, hidden, calls, self.device, writer, keep=not self.offload)
+            stats = collect(observers, {"model_type": self.model_type})
+            if writer is not None:
+                streams["calib"] = writer.close()
+            if groups:
+                check_stats(self.resolved, groups, stats, self.model)
+        record: dict[str, Any] = {"index": i}
+        alphas = {g.id: self.alphas.get(g.id) for g in groups}
+        if search is not None:
+            t = time.perf_counter()
+            if not self.scheme.inputs.dynamic:
+                check_static_coverage(self.scheme, [n for n in self.targets if mine(n)], stats)
+            next_search, record["search"] = search.step(name, block, stats, search_hidden, search_calls)
+            alphas = record["search"]["alpha"]
+            if not last:
+                streams["search"] = activations.write(
+                    directory / f"activations-{i + 1:05d}-search.bin", next_search
+                )
+            record["search_seconds"] = time.perf_counter() - t
+        record["alpha"] = {}
+        if self.method and groups:
+            stats, record["alpha"] = smooth_groups(
+                groups, stats, alphas, compute_dtype(self.dtype), self.method
+            )
+        replacements = quantized_replacements(
+            {n: m for n, m in self.targets.items() if mine(n)}, self.scheme, stats, set()
+        )
+        for n, m in replacements.items():
+            set_submodule(self.model, n, m)
+            self.targets[n].to("meta")  # the float linear it replaces (still referenced here)
+        tensors = checkpoint_tensors(block.state_dict(prefix=prefix).items(), replacements, self.model_type)
+        record |= _shard(directory, _shard_name(shard, count), tensors)
+        manifest.finish_layer(record, None if last else streams)
+        release(self.model, mine)
+        if self.offload and not last and self.batches:
+            outputs = activations.read(directory, streams["calib"], self.device, mapped=True)
+        return outputs, next_search, record
+
+    def finish(self, manifest: Manifest, recipe: dict[str, Any] | None) -> dict[str, float | None]:
+        """Index, config, tokenizer and recipe beside the shards; returns the alphas applied."""
+        directory = manifest.directory
+        records = [*manifest.outside.values(), *manifest.layers]
+        index = {
+            "metadata": {"total_size": sum(r["bytes"] for r in records)},
+            "weight_map": {t: r["file"] for r in records for t in r["tensors"]},
+        }
+        (directory / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+        applied_all = {k: v for r in manifest.layers for k, v in r["alpha"].items()}
+        ordered = sorted(self.groups, key=lambda g: not g.is_linear_pair)  # smooth()'s order
+        applied = {g.id: applied_all[g.id] for g in ordered if g.id in applied_all}
+        stats = None
+        if self.scheme.needs_calibration:
+            tokens = sum(b.numel() for b in self.batches)
+            stats = ActStats(meta={"num_tokens": tokens, "num_sequences": len(self.rows)})
+        result = QuantizationResult(
+            self.model, self.scheme, stats, None, applied, {}, self.linear_pairs, self.search
+        )
+        base = result.recipe()
+        extra = dict(recipe or {})
+        if isinstance(extra.get("calibration"), dict) and base.get("calibration"):
+            extra["calibration"] = {**extra["calibration"], **base["calibration"]}
+        full = recipe_record(len(self.targets), base, extra)
+        write_metadata(directory, self.config, self.generation_config, self.tokenizer, full)
+        unused = self.checkpoint.unused()
+        if unused:
+            log.warning(
+                "%d tensors of the checkpoint are not used by the model (e.g. %s)", len(unused), unused[0]
+            )
+        return applied
+
+
+@torch.no_grad()
+def quantize_checkpoint(
+    src: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    calibration: Batches | None,
+    scheme: str | Scheme = "w8a8",
+    alpha: Alpha | Literal["auto"] = 0.5,
+    *,
+    linear_pairs: bool | None = None,
+    search_options: Mapping[str, Any] | None = None,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+    seq_len: int | None = 512,
+    batch_size: int = 1,
+    num_samples: int | None = None,
+    offload_activations: bool = False,
+    tokenizer: Any = None,
+    recipe: dict[str, Any] | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> LayerwiseSummary:
+    """Quantize the safetensors checkpoint folder ``src`` one decoder block at a time and write a
+    compressed-tensors checkpoint to ``out_dir``: the same tensors as
+    ``save_quantized(quantize_model(model, calibration, scheme, alpha, ...))`` would write for the
+    model loaded in ``dtype``, in the memory of about one block plus the calibration activations.
+
+    Arguments are those of :func:`quantize_model` (``calibration``, ``scheme``, ``alpha`` including
+    ``"auto"``, ``linear_pairs``, ``search_options``, ``seq_len``, ``batch_size``, ``num_samples``)
+    and :func:`save_quantized` (``tokenizer``, by default the one in ``src`` if any; ``recipe``
+    entries, a ``"calibration"`` entry being merged with the measured counts; ``force``).
+    ``dtype``: the dtype to compute and write floats in (default: the checkpoint's). ``device``:
+    where blocks compute. ``offload_activations``: keep the hidden states between blocks in a
+    memory-mapped file instead of memory.
+
+    An interrupted run leaves its finished blocks in ``.<name>.partial`` beside ``out_dir``;
+    running the same call again verifies them and continues after the last one.
+    """
+    start = time.perf_counter()
+    src, target = Path(src), Path(out_dir).absolute()
+    check_output(target, force)
+    job = _Job(
+        src,
+        calibration,
+        scheme,
+        alpha,
+        linear_pairs,
+        search_options,
+        dtype,
+        torch.device(device),
+        seq_len,
+        batch_size,
+        num_samples,
+        offload_activations,
+        tokenizer,
+        progress,
+    )
+    partial = target.parent / f".{target.name}.partial"
+    existing = sum(p.stat().st_size for p in partial.iterdir() if p.is_file()) if partial.is_dir() else 0
+    check_free_space(target.parent, max(0, job.estimate_bytes() - existing))
+    manifest = Manifest(partial, job.job)
+    seconds = {"setup": time.perf_counter() - start}
+    try:
+        t = time.perf_counter()
+        reused, layer_seconds, job.search = job.run(manifest)
+        seconds["layers"] = time.perf_counter() - t
+        t = time.perf_counter()
+        applied = job.finish(manifest, recipe)
+        manifest.close(remove=True)
+        publish(partial, target, force=force)
+        seconds["finish"] = time.perf_counter() - t
+    except BaseException as e:
+        manifest.close(remove=False)
+        print(
+            f"smoothquant: finished layers are kept in {partial}; run the same command again to resume",
+            file=sys.stderr,
+        )
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskSpaceError(
+                f"the disk filled up while writing {partial}: free some space, then resume"
+            ) from e
+        raise
+    if job.search is not None and progress:
+        print(job.search.summary())
+    device = torch.device(device)
+    return LayerwiseSummary(
+        out_dir=target,
+        model=str(src),
+        scheme=job.scheme.name,
+        alpha=applied,
+        num_layers=len(job.layers),
+        reused_layers=reused,
+        layer_seconds=layer_seconds,
+        seconds=seconds,
+        peak_rss=peak_rss(),
+        peak_device=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+        source_bytes=sum(f.stat().st_size for f in job.checkpoint.files),
+        output_bytes=sum(f.stat().st_size for f in target.glob("*.safetensors")),
+        activation_bytes=job.activation_bytes,
+        dtype=job.dtype,
+        device=str(device),
+        offload=offload_activations,
+        search=job.search,
+        quantized_linears=len(job.targets),
+    )
+
+
+def _version() -> str:
+    from smoothquant import __version__
+
+    return __version__
