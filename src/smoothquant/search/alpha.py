@@ -73,7 +73,8 @@ class AlphaSearch:
     ``alpha``: group id -> chosen alpha (``None``: left unsmoothed), ready for ``smooth(alpha=...)``.
     ``errors``: group id -> {candidate: error of the group's quantized output (:func:`output_error`),
     ``"off"`` for None}; block name -> {candidate: error of the block's output with that alpha for
-    all its groups, ``"per group"``: with the per-group choice}. Only the candidates evaluated.
+    all its groups (``per_block``), or ``"per group"`` and the best single alpha compared on all
+    searched tokens (``uniform_fallback``)}. Only the candidates evaluated.
     ``block_errors``: block name -> error of the quantized block's output.
     """
 
@@ -523,12 +524,11 @@ def search_alpha(
                 (g for g in groups if g.id.startswith(block_name + ".")), key=lambda g: not g.is_linear_pair
             )
             step = _search_block_wise if per_block else _search_group_wise
-            qblock, fp_out, picked, errs = step(
+            q_out, fp_out, picked, errs = step(
                 search, block_name, layer, mine, hidden, block_calls, grid, exhaustive, uniform_fallback
             )
             chosen.update(picked)
             errors.update(errs)
-            q_out = [call(qblock, h) for h, call in zip(hidden, block_calls, strict=True)]
             block_errors[block_name] = output_error(q_out, fp_out, error)
             hidden = q_out if reference == "quantized" else fp_out
     finally:
@@ -598,20 +598,25 @@ def _search_group_wise(
             apply_group(g, s, stats)
             if g.is_linear_pair:
                 row_scale[g.producer_name] = _rows(g, s.to(next(g.producer.parameters()).device))
-    qblock = search.quantize_block(work, block_name, stats)
+    q_out = _run(search.quantize_block(work, block_name, stats), hidden, calls)
     if uniform_fallback and groups:
-        # Each group was tuned alone; check the whole block against one alpha for all its groups
-        own = output_error(
-            [c(qblock, h) for h, c in zip(hidden[:k], calls[:k], strict=True)], fp_out[:k], search.error
-        )
-        best, uniform = _uniform_search(
+        # Each group was tuned alone, which can miss how their errors combine: the best single
+        # alpha for the whole block (found on the first sequences) replaces the per-group choice
+        # where the block's output error over all searched tokens is smaller with it.
+        best, _ = _uniform_search(
             search, block_name, layer, groups, hidden[:k], calls[:k], fp_out[:k], grid, exhaustive
         )
-        errs[block_name] = {"per group": own, **_sorted(uniform)}
-        if uniform[best] < own:
-            picked = dict.fromkeys(picked, best)
-            qblock = _quantized_block(search, block_name, layer, groups, picked)
-    return qblock, fp_out, picked, errs
+        uniform = dict.fromkeys(picked, best)
+        u_out = _run(_quantized_block(search, block_name, layer, groups, uniform), hidden, calls)
+        own, other = output_error(q_out, fp_out, search.error), output_error(u_out, fp_out, search.error)
+        errs[block_name] = {"per group": own, _label(best): other}
+        if other < own:
+            picked, q_out = uniform, u_out
+    return q_out, fp_out, picked, errs
+
+
+def _run(block: nn.Module, hidden: list[torch.Tensor], calls: list[BlockCall]) -> list[torch.Tensor]:
+    return [c(block, h) for h, c in zip(hidden, calls, strict=True)]
 
 
 def _sorted(results: dict[Candidate, float]) -> dict[str, float]:
@@ -651,7 +656,7 @@ def _uniform_search(
     def error(alpha: Candidate) -> float:
         search.evaluations += 1
         q = _quantized_block(search, block_name, layer, groups, dict.fromkeys((g.id for g in groups), alpha))
-        return output_error([c(q, h) for h, c in zip(hidden, calls, strict=True)], fp_out, search.error)
+        return output_error(_run(q, hidden, calls), fp_out, search.error)
 
     results = _refine(error, grid, exhaustive)
     return min(results, key=results.__getitem__), results
@@ -668,14 +673,10 @@ def _search_block_wise(
     exhaustive: bool,
     uniform_fallback: bool,
 ):
-    fp_out = [c(layer, h) for h, c in zip(hidden, calls, strict=True)]
+    fp_out = _run(layer, hidden, calls)
     best, results = _uniform_search(
         search, block_name, layer, groups, hidden, calls, fp_out, grid, exhaustive
     )
     picked = dict.fromkeys((g.id for g in groups), best)
-    return (
-        _quantized_block(search, block_name, layer, groups, picked),
-        fp_out,
-        picked,
-        {block_name: _sorted(results)},
-    )
+    q_out = _run(_quantized_block(search, block_name, layer, groups, picked), hidden, calls)
+    return q_out, fp_out, picked, {block_name: _sorted(results)}
