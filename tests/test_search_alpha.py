@@ -12,7 +12,7 @@ import torch
 import smoothquant as sq
 from smoothquant.errors import ArgumentError, CalibrationError, SchemeError
 from smoothquant.search import DEFAULT_GRID
-from smoothquant.search.alpha import _refine
+from smoothquant.search.alpha import _refine, output_error
 from tiny_models import tiny_batches, tiny_model
 
 DATA = tiny_batches(4, 16)
@@ -79,7 +79,14 @@ def _planted_opt(case: str):
 def test_search_finds_planted_optimum(scheme, case, best, exhaustive):
     model = _planted_opt(case)
     result = sq.search_alpha(
-        model, DATA, scheme, linear_pairs=False, seq_len=None, exhaustive=exhaustive, progress=False
+        model,
+        DATA,
+        scheme,
+        linear_pairs=False,
+        seq_len=None,
+        exhaustive=exhaustive,
+        uniform_fallback=False,  # the block check weighs in the other groups: test the group alone
+        progress=False,
     )
     gid = "model.decoder.layers.0.attn_in"
     assert result.alpha[gid] == best
@@ -131,9 +138,7 @@ def test_search_simulates_the_pipeline_exactly(name, scheme):
         for row in DATA:
             model(row[None])
             fp(row[None])
-    err = sum(float((q - f).pow(2).sum()) for q, f in zip(q_out, fp_out, strict=True))
-    total = sum(float(f.pow(2).sum()) for f in fp_out)
-    assert err / total == pytest.approx(result.block_errors[first], rel=1e-6)
+    assert output_error(q_out, fp_out) == pytest.approx(result.block_errors[first], rel=1e-6)
 
 
 def test_search_does_not_modify_the_model():
@@ -153,6 +158,22 @@ def test_per_block_shares_one_alpha_per_block():
         values = {a for gid, a in result.alpha.items() if gid.startswith(block + ".")}
         assert len(values) == 1
         assert block in result.errors
+
+
+def test_uniform_fallback_keeps_the_better_of_per_group_and_one_alpha():
+    model = tiny_model("llama", torch.float32)
+    result = sq.search_alpha(model, DATA, "O3", seq_len=None, progress=False)
+    for block in sq.resolve(model).blocks:
+        checked = result.errors[block]
+        alphas = {a for gid, a in result.alpha.items() if gid.startswith(block + ".")}
+        best = min(checked, key=checked.__getitem__)
+        if best == "per group":
+            assert all(f"{a:g}" in result.errors[gid] or a is None for gid, a in result.alpha.items())
+        else:
+            assert alphas == {None if best == "off" else float(best)}
+    assert "blocks" in result.summary()
+    plain = sq.search_alpha(model, DATA, "O3", seq_len=None, progress=False, uniform_fallback=False)
+    assert not any(b in plain.errors for b in sq.resolve(model).blocks)
 
 
 def test_linear_pairs_off_searches_norm_groups_only():
@@ -228,3 +249,16 @@ def test_bad_input_gives_clear_errors():
     with pytest.raises(CalibrationError, match="auto"):
         sq.quantize_model(model, None, "w8a8", alpha="auto", stats=stats, progress=False)
     assert not any(isinstance(m, sq.FakeQuantLinear) for m in model.modules())
+
+
+def test_token_error_is_not_dominated_by_a_huge_token():
+    """One attention-sink token 1000x larger than the others: the total error only sees it."""
+    ref = torch.ones(1, 4, 8, dtype=torch.float64)
+    ref[0, 0] *= 1000.0
+    good_on_sink = ref * torch.tensor([1.001, 1.1, 1.1, 1.1], dtype=torch.float64)[None, :, None]
+    good_elsewhere = ref * torch.tensor([1.01, 1.001, 1.001, 1.001], dtype=torch.float64)[None, :, None]
+    assert output_error([good_on_sink], [ref], "total") < output_error([good_elsewhere], [ref], "total")
+    assert output_error([good_elsewhere], [ref], "token") < output_error([good_on_sink], [ref], "token")
+    assert output_error([good_elsewhere], [ref], "token") == pytest.approx(
+        (0.01**2 + 3 * 0.001**2) / 4, rel=1e-5
+    )

@@ -85,7 +85,16 @@ INDEX_FILE = "model.safetensors.index.json"
 # build an empty default one)
 TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model")
 # search_alpha's options that quantize_checkpoint(alpha="auto", search_options=...) accepts
-SEARCH_KEYS = ("per_block", "grid", "exhaustive", "reference", "num_samples", "trial_tokens")
+SEARCH_KEYS = (
+    "per_block",
+    "grid",
+    "exhaustive",
+    "reference",
+    "num_samples",
+    "trial_tokens",
+    "error",
+    "uniform_fallback",
+)
 
 
 @dataclass
@@ -249,7 +258,12 @@ class _Job:
         if auto and scheme.migration == "smoothquant":
             self.options = options = _search_options(search_options, seq_len, batch_size)
             options["grid"] = check_options(
-                scheme, options["grid"], options["reference"], options["num_samples"], options["trial_tokens"]
+                scheme,
+                options["grid"],
+                options["reference"],
+                options["num_samples"],
+                options["trial_tokens"],
+                options["error"],
             )
         elif auto:
             alpha = 0.5  # as quantize_model: gamma migration has no alpha
@@ -371,6 +385,8 @@ class _Job:
                 exhaustive=self.options["exhaustive"],
                 reference=self.options["reference"],
                 trial_tokens=self.options["trial_tokens"],
+                error=self.options["error"],
+                uniform_fallback=self.options["uniform_fallback"],
             )
             for record in manifest.layers:
                 search.restore(resolved.blocks[record["index"]], record["search"])

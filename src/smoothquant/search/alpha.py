@@ -3,18 +3,26 @@
 The paper tunes one alpha per model by hand. Here each group (``model.layers.3.attn_in``, and the
 linear -> linear groups ``attn_out``/``mlp_out``...) gets the alpha, or ``None`` (no smoothing),
 whose *quantized* output under the actual scheme is closest to floating point on calibration
-data. The search walks the decoder blocks in order on cached block inputs, so its cost is about
-three forward passes plus the trial quantizations:
+data. The search walks the decoder blocks in order on cached block inputs, so its cost is a few
+forward passes plus the trial quantizations:
 
 1. one forward pass records what every block is called with (:mod:`.blocks`);
 2. per block, the floating-point block runs once with hooks that keep its linears' inputs;
-3. per group, each candidate alpha folds its scales into copies of the consumers, quantizes
-   them exactly as :func:`smoothquant.quantize` would (static scales from the statistics that
-   :func:`smoothquant.smooth` would return), and measures the squared error of their outputs
-   against the floating-point outputs on the same inputs;
-4. the winners are folded into a copy of the block, which is quantized and (``reference=
+3. per group, each candidate alpha folds its scales into copies of the group's linears,
+   quantizes them exactly as :func:`smoothquant.quantize` would (static scales from the
+   statistics that :func:`smoothquant.smooth` would return) and measures the error of the
+   group's output against floating point: a norm group's consumers on their cached inputs
+   (``v_proj``/``up_proj`` rows scaled back by the ``s`` of their linear -> linear group); a
+   linear -> linear group's consumer with its producer quantized too, by running the block on a
+   few sequences (its producer's rows lose precision when divided by a large ``s``);
+4. the per-group choice is checked against one alpha for the whole block by the error of the
+   block's output, and the better one kept (``uniform_fallback``): groups tuned alone can miss
+   how their errors combine;
+5. the winners are folded into a copy of the block, which is quantized and (``reference=
    "quantized"``, the default) produces the inputs of the next block, so later blocks are tuned
    for the inputs they will really see.
+
+Errors are per token, relative to the token's own output (:func:`output_error`).
 
 Groups whose producer is a linear are searched before the norm groups of their block, the order
 in which :func:`smooth` applies them, so the scales chosen here are exactly those that
@@ -40,16 +48,17 @@ from smoothquant.calibration import ActStats, calibrate
 from smoothquant.calibration.batches import Batches, make_batches, sequences
 from smoothquant.errors import ArgumentError, SchemeError, StatsMismatchError
 from smoothquant.families import ResolvedGroup, ResolvedModel, prepare_model, resolve
-from smoothquant.nn_utils import compute_dtype, model_dtype, set_submodule
+from smoothquant.nn_utils import compute_dtype, in_out_features, model_dtype, set_submodule
 from smoothquant.quantization import Scheme, get_scheme
 from smoothquant.quantization.apply import quantized_linear
-from smoothquant.search.blocks import BlockCall, capture_block_calls, run_capturing
-from smoothquant.smoothing.fold import fold_into_consumers
+from smoothquant.search.blocks import BlockCall, capture_block_calls, run_capturing, run_until
+from smoothquant.smoothing.fold import fold_into_consumers, fold_into_producer
 from smoothquant.smoothing.scales import expand_to_consumer
 from smoothquant.smoothing.smooth import apply_group, check_stats, group_scales
 
 DEFAULT_GRID: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(21))
 REFERENCES = ("quantized", "fp")
+ERRORS = ("token", "total")
 Candidate = float | None
 
 
@@ -62,9 +71,11 @@ class AlphaSearch:
     """What :func:`search_alpha` chose and why.
 
     ``alpha``: group id -> chosen alpha (``None``: left unsmoothed), ready for ``smooth(alpha=...)``.
-    ``errors``: group id (block name with ``per_block``) -> {candidate: relative squared error of
-    the quantized outputs, ``"off"`` for None}; only the candidates the search evaluated.
-    ``block_errors``: block name -> relative squared error of the quantized block's output.
+    ``errors``: group id -> {candidate: error of the group's quantized output (:func:`output_error`),
+    ``"off"`` for None}; block name -> {candidate: error of the block's output with that alpha for
+    all its groups (``per_block``), or ``"per group"`` and the best single alpha compared on all
+    searched tokens (``uniform_fallback``)}. Only the candidates evaluated.
+    ``block_errors``: block name -> error of the quantized block's output.
     """
 
     alpha: dict[str, float | None]
@@ -73,6 +84,7 @@ class AlphaSearch:
     scheme: str
     linear_pairs: bool
     per_block: bool
+    uniform_fallback: bool
     reference: str
     grid: tuple[float, ...]
     num_tokens: int
@@ -116,6 +128,10 @@ class AlphaSearch:
                 text += f"{', ' if on else ''}off x{off}"
             parts.append(text)
         mode = "per block" if self.per_block else "per group"
+        checked = [e for b, e in self.errors.items() if b in self.block_errors and "per group" in e]
+        if checked:
+            kept = sum(e["per group"] > min(e.values()) for e in checked)
+            mode += f", one alpha kept in {kept}/{len(checked)} blocks"
         head = (
             f"auto alpha for {self.scheme} ({mode}, {len(self.alpha)} groups, {self.num_tokens} tokens, "
             f"{self.seconds:.0f} s):"
@@ -129,6 +145,7 @@ class AlphaSearch:
             "scheme": self.scheme,
             "linear_pairs": self.linear_pairs,
             "per_block": self.per_block,
+            "uniform_fallback": self.uniform_fallback,
             "reference": self.reference,
             "grid": list(self.grid),
             "num_tokens": self.num_tokens,
@@ -237,24 +254,33 @@ class _Search:
     """State shared by the per-block steps (kept out of the public signature)."""
 
     def __init__(
-        self, scheme: Scheme, resolved: ResolvedModel, dt: torch.dtype, trial_tokens: int | None
+        self, scheme: Scheme, resolved: ResolvedModel, dt: torch.dtype, trial_tokens: int | None, error: str
     ) -> None:
         self.scheme, self.resolved, self.dt = scheme, resolved, dt
-        self.trial_tokens = trial_tokens
+        self.trial_tokens, self.error = trial_tokens, error
         self.bmm = set(resolved.bmm_inputs) if scheme.outputs is not None else set()
         self.static_in = not scheme.inputs.dynamic
         self.static_out = scheme.outputs is not None and not scheme.outputs.dynamic
         self.evaluations = 0
 
-    def fake_quant(self, name: str, module: nn.Module, stats: ActStats, s_in: torch.Tensor | None = None):
-        """``module`` quantized as ``quantize`` would, given the statistics of its smoothed input
-        (``stats`` divided by ``s_in`` when a trial scale is not folded into ``stats`` yet)."""
+    def fake_quant(
+        self,
+        name: str,
+        module: nn.Module,
+        stats: ActStats,
+        s_in: torch.Tensor | None = None,
+        s_out: torch.Tensor | None = None,
+    ) -> nn.Module:
+        """``module`` quantized as ``quantize`` would, given the statistics of the smoothed model
+        (``stats`` with its input divided by ``s_in``, its outputs by ``s_out``, for a trial scale
+        not folded into ``stats``)."""
         absmax_in = absmax_out = None
         if self.static_in:
             absmax_in = stats.inputs[name] if s_in is None else stats.inputs[name] / s_in.cpu().float()
             absmax_in = float(absmax_in.max())
         if self.static_out and name in self.bmm:
-            absmax_out = float(stats.outputs[name].max())
+            absmax_out = stats.outputs[name] if s_out is None else stats.outputs[name] / s_out.cpu().float()
+            absmax_out = float(absmax_out.max())
         return quantized_linear(
             module,
             self.scheme,
@@ -270,11 +296,17 @@ class _Search:
         stats: ActStats,
         inputs: dict[str, list[torch.Tensor]],
         refs: dict[str, list[torch.Tensor]],
+        row_scale: dict[str, torch.Tensor],
     ) -> float:
-        """Relative squared error of the group's quantized consumer outputs with ``alpha``."""
+        """Error of the group's quantized consumer outputs with ``alpha``, on the given inputs.
+
+        Outputs of consumers whose rows a linear -> linear group divided by ``s`` (``v_proj``,
+        ``up_proj``) are multiplied back by ``s`` (``row_scale``): their errors reach the model
+        amplified by it, in the consumer of that group.
+        """
         self.evaluations += 1
         s = None if alpha is None else group_scales(g, stats, alpha, self.dt)
-        err = total = 0.0
+        err = 0.0
         for name, module in g.consumers.items():
             if not inputs[name]:
                 continue  # an expert that received no token
@@ -285,11 +317,56 @@ class _Search:
                 fold_into_consumers(replace(g, consumers={name: trial}, passive={}), s_dev)
                 s_in = expand_to_consumer(s_dev, g.channel_index())
             q = self.fake_quant(name, trial, stats, s_in)
-            for x, ref in zip(inputs[name], refs[name], strict=True):
-                y = q(x if s_in is None else (x.to(s_in.dtype) / s_in).to(x.dtype))
-                err += float((y.float() - ref.float()).pow(2).sum())
-                total += float(ref.float().pow(2).sum())
-        return err / max(total, 1e-30)
+            ys = [q(x if s_in is None else (x.to(s_in.dtype) / s_in).to(x.dtype)) for x in inputs[name]]
+            if name in row_scale:
+                ys = [y * row_scale[name] for y in ys]
+            err += output_error(ys, refs[name], self.error)
+        return err
+
+    def pair_error(
+        self,
+        g: ResolvedGroup,
+        alpha: Candidate,
+        stats: ActStats,
+        block: nn.Module,
+        block_name: str,
+        hidden: list[torch.Tensor],
+        calls: list[BlockCall],
+        refs: list[torch.Tensor],
+    ) -> float:
+        """Error of a linear -> linear group's consumer output with producer *and* consumer
+        quantized, through the model's own code between them (attention, ``act(gate) * up``).
+
+        The producer matters: with per-tensor weight scales, the rows divided by a large ``s``
+        lose precision, and the consumer multiplies their errors back by ``s``.
+        """
+        self.evaluations += 1
+        ((name, consumer),) = g.consumers.items()
+        trial = replace(
+            g, producer=copy.deepcopy(g.producer), consumers={name: copy.deepcopy(consumer)}, passive={}
+        )
+        s_in = s_out = None
+        if alpha is not None:
+            s = group_scales(g, stats, alpha, self.dt)
+            s = s.to(next(consumer.parameters()).device)
+            fold_into_producer(trial, s)
+            fold_into_consumers(trial, s)
+            s_in = expand_to_consumer(s, g.channel_index())
+            s_out = _rows(g, s)
+        swaps = {
+            g.producer_name: self.fake_quant(g.producer_name, trial.producer, stats, s_out=s_out),
+            name: self.fake_quant(name, trial.consumers[name], stats, s_in),
+        }
+        prefix = len(block_name) + 1
+        originals = {n: block.get_submodule(n[prefix:]) for n in swaps}
+        try:
+            for n, m in swaps.items():
+                set_submodule(block, n[prefix:], m)
+            outputs = run_until(block, hidden, calls, swaps[name])
+        finally:
+            for n, m in originals.items():
+                set_submodule(block, n[prefix:], m)
+        return output_error(outputs, refs, self.error) if outputs else 0.0
 
     def quantize_block(self, block: nn.Module, block_name: str, stats: ActStats) -> nn.Module:
         """Swap every quantizable linear of a (smoothed) block copy for its FakeQuantLinear."""
@@ -299,6 +376,25 @@ class _Search:
         for n, m in new.items():
             set_submodule(block, n[len(prefix) :], m)
         return block
+
+
+def _rows(g: ResolvedGroup, s: torch.Tensor) -> torch.Tensor:
+    """A linear producer's ``s`` as a factor per output row (1 outside its smoothed chunk)."""
+    full = torch.ones(in_out_features(g.producer)[1], dtype=s.dtype, device=s.device)
+    full[g.rows or slice(None)] = s
+    return full
+
+
+def _first_batches(hidden: list[torch.Tensor], tokens: int | None) -> int:
+    """How many leading batches hold ``tokens`` tokens (all if None; at least one)."""
+    if tokens is None:
+        return len(hidden)
+    seen = 0
+    for i, h in enumerate(hidden):
+        seen += h.numel() // h.shape[-1]
+        if seen >= tokens:
+            return i + 1
+    return len(hidden)
 
 
 def _subsample(xs: list[torch.Tensor], k: int | None) -> list[torch.Tensor]:
@@ -316,10 +412,22 @@ def _subsample(xs: list[torch.Tensor], k: int | None) -> list[torch.Tensor]:
     return [flat[idx.to(flat.device)]]
 
 
-def _sse(outputs: list[torch.Tensor], refs: list[torch.Tensor]) -> float:
-    err = sum(float((y.float() - r.float()).pow(2).sum()) for y, r in zip(outputs, refs, strict=True))
-    total = sum(float(r.float().pow(2).sum()) for r in refs)
-    return err / max(total, 1e-30)
+def output_error(outputs: list[torch.Tensor], refs: list[torch.Tensor], kind: str = "token") -> float:
+    """Squared error of ``outputs`` against ``refs``: ``"token"``, each token's error relative to
+    its own reference norm, averaged over tokens; ``"total"``, relative to the total norm.
+
+    Per token is the default because a few tokens carry huge activations (attention sinks): a
+    total weighs the choice by them alone, while the next norm rescales every token to the same
+    size and the loss counts every token once.
+    """
+    num = torch.cat(
+        [(y.float() - r.float()).pow(2).sum(-1).reshape(-1) for y, r in zip(outputs, refs, strict=True)]
+    )
+    den = torch.cat([r.float().pow(2).sum(-1).reshape(-1) for r in refs])
+    if kind == "total":
+        return float(num.sum() / den.sum().clamp_min(1e-30))
+    # tokens with (near) zero output count as if of 1/1000 of the typical size, not infinitely
+    return float((num / den.clamp_min(1e-3 * float(den.median()) + 1e-30)).mean())
 
 
 def check_options(
@@ -328,12 +436,15 @@ def check_options(
     reference: str,
     num_samples: int | None,
     trial_tokens: int | None,
+    error: str = "token",
 ) -> tuple[float, ...]:
     """Everything about a search that can be checked before any work; returns the sorted grid."""
     _check_scheme(scheme)
     grid = _check_grid(grid)
     if reference not in REFERENCES:
         raise ArgumentError(f"reference must be one of {', '.join(REFERENCES)}, not {reference!r}")
+    if error not in ERRORS:
+        raise ArgumentError(f"error must be one of {', '.join(ERRORS)}, not {error!r}")
     for what, n in (("num_samples", num_samples), ("trial_tokens", trial_tokens)):
         if n is not None and n < 1:
             raise ArgumentError(f"{what} must be >= 1, got {n}")
@@ -362,11 +473,14 @@ class BlockSearch:
         exhaustive: bool,
         reference: str,
         trial_tokens: int | None,
+        error: str = "token",
+        uniform_fallback: bool = True,
     ) -> None:
         self.groups = [g for g in resolved.groups if linear_pairs or not g.is_linear_pair]
         self.linear_pairs, self.per_block, self.grid = linear_pairs, per_block, grid
         self.exhaustive, self.reference = exhaustive, reference
-        self._search = _Search(scheme, resolved, dt, trial_tokens)
+        self.uniform_fallback = uniform_fallback and not per_block
+        self._search = _Search(scheme, resolved, dt, trial_tokens, error)
         self.alpha: dict[str, float | None] = {}
         self.errors: dict[str, dict[str, float]] = {}
         self.block_errors: dict[str, float] = {}
@@ -385,16 +499,28 @@ class BlockSearch:
         mine = sorted(
             (g for g in self.groups if g.id.startswith(block_name + ".")), key=lambda g: not g.is_linear_pair
         )
-        step = _search_block_wise if self.per_block else _search_group_wise
         before = self._search.evaluations
-        qblock, fp_out, picked, errs = step(
-            self._search, block_name, layer, mine, stats, hidden, calls, self.grid, self.exhaustive
-        )
-        q_out = [call(qblock, h) for h, call in zip(hidden, calls, strict=True)]
+        if self.per_block:
+            q_out, fp_out, picked, errs = _search_block_wise(
+                self._search, block_name, layer, mine, stats, hidden, calls, self.grid, self.exhaustive
+            )
+        else:
+            q_out, fp_out, picked, errs = _search_group_wise(
+                self._search,
+                block_name,
+                layer,
+                mine,
+                stats,
+                hidden,
+                calls,
+                self.grid,
+                self.exhaustive,
+                self.uniform_fallback,
+            )
         record = {
             "alpha": picked,
             "errors": errs,
-            "block_error": _sse(q_out, fp_out),
+            "block_error": output_error(q_out, fp_out, self._search.error),
             "evaluations": self._search.evaluations - before,
         }
         self.restore(block_name, record)
@@ -416,6 +542,7 @@ class BlockSearch:
             scheme=scheme,
             linear_pairs=self.linear_pairs,
             per_block=self.per_block,
+            uniform_fallback=self.uniform_fallback,
             reference=self.reference,
             grid=self.grid,
             num_tokens=num_tokens,
@@ -440,6 +567,8 @@ def search_alpha(
     batch_size: int = 1,
     num_samples: int | None = 8,
     trial_tokens: int | None = 512,
+    error: str = "token",
+    uniform_fallback: bool = True,
     quantize_bmm_inputs: bool = False,
     progress: bool = True,
 ) -> AlphaSearch:
@@ -450,19 +579,22 @@ def search_alpha(
     :func:`calibrate` returns them; measured on the searched sequences when omitted.
     ``linear_pairs``: also search linear -> linear groups (``v_proj -> o_proj``, ``up_proj ->
     down_proj``...), each possibly off. ``per_block``: one alpha for all groups of a decoder block,
-    chosen by the error of the whole quantized block's output (slower, coarser). ``grid``: candidate
+    chosen by the error of the whole quantized block's output (coarser). ``uniform_fallback``: per
+    group, but keep the best single alpha of a block where its output error is lower. ``grid``: candidate
     alphas (``None`` is always a candidate); ``exhaustive=False`` searches it coarse to fine.
     ``reference``: what the next block is tuned on, the outputs of the already quantized blocks
     (``"quantized"``) or of the floating-point model (``"fp"``). ``trial_tokens``: candidates are
-    compared on this many randomly chosen tokens of each linear's input (None: all of them); block
-    outputs always use every searched token.
+    compared on this many randomly chosen tokens of each linear's input (None: all of them), and
+    block-level comparisons on the first sequences holding that many tokens; the reported block
+    errors and the next block's inputs use every searched token. ``error``: how output errors are
+    compared (see :func:`output_error`).
 
     The model is left unmodified; apply the result with ``smooth(model, stats, alpha=result.alpha,
     linear_pairs=linear_pairs)`` then ``quantize``, or use ``quantize_model(..., alpha="auto")``.
     """
     start = time.perf_counter()
     scheme = get_scheme(scheme, quantize_bmm_inputs=quantize_bmm_inputs)
-    grid = check_options(scheme, grid, reference, num_samples, trial_tokens)
+    grid = check_options(scheme, grid, reference, num_samples, trial_tokens, error)
     rows = sequences(batches, seq_len)[:num_samples]
     prepare_model(model)
     resolved = resolve(model)
@@ -476,6 +608,8 @@ def search_alpha(
         exhaustive=exhaustive,
         reference=reference,
         trial_tokens=trial_tokens,
+        error=error,
+        uniform_fallback=uniform_fallback,
     )
     was_training = model.training
     model.eval()
@@ -522,27 +656,117 @@ def _search_group_wise(
     calls: list[BlockCall],
     grid: tuple[float, ...],
     exhaustive: bool,
+    uniform_fallback: bool,
 ):
     watch = {n: m for g in groups for n, m in g.consumers.items()}
     fp_out, inputs = run_capturing(layer, hidden, calls, watch)
     inputs = {n: _subsample(xs, search.trial_tokens) for n, xs in inputs.items()}
+    # block-level comparisons run whole sequences, the first ones that hold trial_tokens tokens
+    k = _first_batches(hidden, search.trial_tokens)
     work = copy.deepcopy(layer)
     stats = block_stats.copy()
     picked: dict[str, float | None] = {}
     errs: dict[str, dict[str, float]] = {}
+    row_scale: dict[str, torch.Tensor] = {}
     for g in (_rebind(g, block_name, work) for g in groups):
-        # consumer outputs in floating point with the scales chosen so far (v/up rows of pairs)
-        refs = {n: [m(x) for x in inputs[n]] for n, m in g.consumers.items()}
-        results = _refine(
-            lambda a, g=g, refs=refs: search.group_error(g, a, stats, inputs, refs), grid, exhaustive
-        )
+        pair = g.is_linear_pair and len(g.consumers) == 1
+        refs = run_until(work, hidden[:k], calls[:k], next(iter(g.consumers.values()))) if pair else []
+        if refs:
+
+            def error(a: Candidate, g=g, refs=refs) -> float:
+                return search.pair_error(g, a, stats, work, block_name, hidden[:k], calls[:k], refs)
+
+        else:  # a norm group, or an expert that got no token in those sequences
+            # consumer outputs in floating point, v/up rows scaled back to the original model's
+            refs = {n: [m(x) for x in inputs[n]] for n, m in g.consumers.items()}
+            refs = {n: [r * row_scale[n] for r in rs] if n in row_scale else rs for n, rs in refs.items()}
+
+            def error(a: Candidate, g=g, refs=refs) -> float:
+                return search.group_error(g, a, stats, inputs, refs, row_scale)
+
+        results = _refine(error, grid, exhaustive)
         best = min(results, key=results.__getitem__)
         picked[g.id] = best
-        errs[g.id] = {_label(a): results[a] for a in sorted(results, key=lambda a: -1.0 if a is None else a)}
+        errs[g.id] = _sorted(results)
         s = None if best is None else group_scales(g, stats, best, search.dt)
         if s is not None:
             apply_group(g, s, stats)
-    return search.quantize_block(work, block_name, stats), fp_out, picked, errs
+            if g.is_linear_pair:
+                row_scale[g.producer_name] = _rows(g, s.to(next(g.producer.parameters()).device))
+    q_out = _run(search.quantize_block(work, block_name, stats), hidden, calls)
+    if uniform_fallback and groups:
+        # Each group was tuned alone, which can miss how their errors combine: the best single
+        # alpha for the whole block (found on the first sequences) replaces the per-group choice
+        # where the block's output error over all searched tokens is smaller with it.
+        best, _ = _uniform_search(
+            search,
+            block_name,
+            layer,
+            groups,
+            block_stats,
+            hidden[:k],
+            calls[:k],
+            fp_out[:k],
+            grid,
+            exhaustive,
+        )
+        uniform = dict.fromkeys(picked, best)
+        u_out = _run(_quantized_block(search, block_name, layer, groups, block_stats, uniform), hidden, calls)
+        own, other = output_error(q_out, fp_out, search.error), output_error(u_out, fp_out, search.error)
+        errs[block_name] = {"per group": own, _label(best): other}
+        if other < own:
+            picked, q_out = uniform, u_out
+    return q_out, fp_out, picked, errs
+
+
+def _run(block: nn.Module, hidden: list[torch.Tensor], calls: list[BlockCall]) -> list[torch.Tensor]:
+    return [c(block, h) for h, c in zip(hidden, calls, strict=True)]
+
+
+def _sorted(results: dict[Candidate, float]) -> dict[str, float]:
+    return {_label(a): results[a] for a in sorted(results, key=lambda a: -1.0 if a is None else a)}
+
+
+def _quantized_block(
+    search: _Search,
+    block_name: str,
+    layer: nn.Module,
+    groups: list[ResolvedGroup],
+    block_stats: ActStats,
+    alpha: dict[str, Candidate],
+) -> nn.Module:
+    """A quantized copy of ``layer`` smoothed with ``alpha`` per group, as smooth + quantize would."""
+    work = copy.deepcopy(layer)
+    stats = block_stats.copy()
+    for g in (_rebind(g, block_name, work) for g in groups):
+        s = None if alpha[g.id] is None else group_scales(g, stats, alpha[g.id], search.dt)
+        if s is not None:
+            apply_group(g, s, stats)
+    return search.quantize_block(work, block_name, stats)
+
+
+def _uniform_search(
+    search: _Search,
+    block_name: str,
+    layer: nn.Module,
+    groups: list[ResolvedGroup],
+    block_stats: ActStats,
+    hidden: list[torch.Tensor],
+    calls: list[BlockCall],
+    fp_out: list[torch.Tensor],
+    grid: tuple[float, ...],
+    exhaustive: bool,
+) -> tuple[Candidate, dict[Candidate, float]]:
+    """One alpha for every group of the block, by the error of the quantized block's output."""
+
+    def error(alpha: Candidate) -> float:
+        search.evaluations += 1
+        uniform = dict.fromkeys((g.id for g in groups), alpha)
+        q = _quantized_block(search, block_name, layer, groups, block_stats, uniform)
+        return output_error(_run(q, hidden, calls), fp_out, search.error)
+
+    results = _refine(error, grid, exhaustive)
+    return min(results, key=results.__getitem__), results
 
 
 def _search_block_wise(
@@ -556,26 +780,10 @@ def _search_block_wise(
     grid: tuple[float, ...],
     exhaustive: bool,
 ):
-    fp_out = [call(layer, h) for h, call in zip(hidden, calls, strict=True)]
-
-    def build(alpha: Candidate) -> nn.Module:
-        work = copy.deepcopy(layer)
-        stats = block_stats.copy()
-        if alpha is not None:
-            for g in (_rebind(g, block_name, work) for g in groups):
-                s = group_scales(g, stats, alpha, search.dt)
-                if s is not None:
-                    apply_group(g, s, stats)
-        return search.quantize_block(work, block_name, stats)
-
-    def error(alpha: Candidate) -> float:
-        search.evaluations += 1
-        q = build(alpha)
-        return _sse([call(q, h) for h, call in zip(hidden, calls, strict=True)], fp_out)
-
-    results = _refine(error, grid, exhaustive)
-    best = min(results, key=results.__getitem__)
-    errs = {
-        block_name: {_label(a): results[a] for a in sorted(results, key=lambda a: -1.0 if a is None else a)}
-    }
-    return build(best), fp_out, dict.fromkeys((g.id for g in groups), best), errs
+    fp_out = _run(layer, hidden, calls)
+    best, results = _uniform_search(
+        search, block_name, layer, groups, block_stats, hidden, calls, fp_out, grid, exhaustive
+    )
+    picked = dict.fromkeys((g.id for g in groups), best)
+    q_out = _run(_quantized_block(search, block_name, layer, groups, block_stats, picked), hidden, calls)
+    return q_out, fp_out, picked, {block_name: _sorted(results)}

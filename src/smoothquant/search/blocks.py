@@ -145,3 +145,28 @@ def run_capturing(
         for h in handles:
             h.remove()
     return outputs, seen
+
+
+def run_until(
+    block: nn.Module,
+    hidden: list[torch.Tensor],
+    calls: list[BlockCall],
+    watch: nn.Module,
+) -> list[torch.Tensor]:
+    """The outputs of ``watch`` (a module inside ``block``) per batch, stopping each forward there:
+    what comes after it is not needed. Batches in which it is never called (an expert that got
+    no token) give nothing."""
+    outputs: list[torch.Tensor] = []
+
+    def record(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        outputs.append(output.detach())
+        raise _StopForward
+
+    handle = watch.register_forward_hook(record)
+    try:
+        for h, call in zip(hidden, calls, strict=True):
+            with contextlib.suppress(_StopForward):
+                call(block, h)
+    finally:
+        handle.remove()
+    return outputs
