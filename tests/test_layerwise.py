@@ -4,6 +4,7 @@ resumes after an interruption, and checks its input before any work."""
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -131,7 +132,7 @@ def _computed_blocks(monkeypatch) -> list[int]:
 
 
 @pytest.mark.parametrize("where", ["after_block", "while_writing"])
-def test_interrupted_run_resumes_after_the_finished_blocks(tmp_path, monkeypatch, where):
+def test_interrupted_run_resumes_after_the_finished_blocks(tmp_path, monkeypatch, caplog, where):
     """Interrupted, then run again: the finished blocks are reused and the result is the same as
     an uninterrupted run's (the second case also keeps its activations in files)."""
     src = _write_source(tmp_path / "src", "llama", layers=4)
@@ -168,8 +169,10 @@ def test_interrupted_run_resumes_after_the_finished_blocks(tmp_path, monkeypatch
     assert [r["index"] for r in manifest["layers"]] == [0, 1, 2]
 
     computed = _computed_blocks(monkeypatch)
-    summary = _layerwise(src, out, "O3", "auto", offload_activations=offload)
+    with caplog.at_level(logging.WARNING, logger="smoothquant"):
+        summary = _layerwise(src, out, "O3", "auto", offload_activations=offload)
     assert computed == [3] and summary.reused_layers == 3
+    assert "not used by the model" not in caplog.text  # the reused blocks' tensors count as used
     _assert_same_checkpoint(tmp_path / "reference", out)
     assert not partial.exists()
 

@@ -152,7 +152,9 @@ def _demo(args: argparse.Namespace) -> int:
     reuse = sub is reference
     naive = by_scheme["naive"]
     if sub is not reference:
-        naive = compare(build(model, Config("naive", "naive"), None, None), sub, "naive", progress=progress)
+        naive = compare(
+            build(model, Config("naive", "naive"), None, None).model, sub, "naive", progress=progress
+        )
     sweep: dict[str, list[tuple[float, float]]] = {s: [] for s in SWEEP_SCHEMES}
     points = [(s, a) for s in SWEEP_SCHEMES for a in size.sweep_alphas]
     for scheme, a in tqdm(points, desc="alpha sweep", unit="cfg", disable=not progress):
@@ -160,7 +162,9 @@ def _demo(args: argparse.Namespace) -> int:
             ppl = by_scheme[scheme].perplexity
         else:
             config = Config(f"{scheme} alpha={a}", scheme, a, smoothing[scheme]["linear_pairs"])
-            ppl = compare(build(model, config, calib, stats), sub, config.name, progress=progress).perplexity
+            ppl = compare(
+                build(model, config, calib, stats).model, sub, config.name, progress=progress
+            ).perplexity
         sweep[scheme].append((a, ppl))
     fig10 = plots.plot_alpha_sweep(
         out / "fig10_alpha_sweep.png",

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from smoothquant.calibration import ActStats, calibrate
 from smoothquant.evaluation.metrics import EvalResult, Reference, compare, reference_pass
-from smoothquant.pipeline import quantize_model
+from smoothquant.pipeline import QuantizationResult, quantize_model
 from smoothquant.quantization import get_scheme
 from smoothquant.smoothing.smooth import Alpha
 
@@ -78,11 +78,11 @@ def parse_configs(
 
 def build(
     model: nn.Module, config: Config, calibration: torch.Tensor | None, stats: ActStats | None
-) -> nn.Module:
-    """A quantized copy of ``model`` following ``config`` (``model`` itself is not modified)."""
-    quantized = copy.deepcopy(model)
-    quantize_model(
-        quantized,
+) -> QuantizationResult:
+    """A quantized copy of ``model`` following ``config`` (``model`` itself is not modified), in
+    ``.model`` of the result, which also says what was chosen (alphas, search) and what it took."""
+    return quantize_model(
+        copy.deepcopy(model),
         calibration,
         config.scheme,
         config.alpha,
@@ -90,7 +90,6 @@ def build(
         stats=stats,
         progress=False,
     )
-    return quantized
 
 
 def run(
@@ -118,10 +117,18 @@ def run(
         if config.scheme is None:
             row_model, result = model, reference.result(config.name)
         else:
-            row_model = build(model, config, calibration, stats)
+            built = build(model, config, calibration, stats)
+            row_model = built.model
             result = compare(row_model, reference, config.name, progress=progress)
             result.seconds = time.perf_counter() - start
         result.info = config.describe()
+        if config.scheme is not None:
+            result.info["quantize_seconds"] = round(sum(built.seconds.values()), 2)
+            if built.search is not None:
+                result.info["alpha_search"] = {
+                    "seconds": round(built.search.seconds, 2),
+                    "alpha": built.alpha,
+                }
         if extra is not None:
             result.info["tasks"] = extra(row_model)
         del row_model

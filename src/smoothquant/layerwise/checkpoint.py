@@ -117,6 +117,10 @@ class Checkpoint:
     def unused(self) -> list[str]:
         return sorted(set(self.location) - self.used)
 
+    def skip(self, wanted: Callable[[str], bool]) -> None:
+        """Count the tensors named ``wanted`` as used without reading them (reused layers)."""
+        self.used.update(n for n in self.location if wanted(n))
+
     @torch.no_grad()
     def load(self, model: nn.Module, wanted: Callable[[str], bool], device: torch.device) -> None:
         """Give every parameter and persistent buffer of ``model`` whose name is ``wanted`` its

@@ -347,6 +347,8 @@ class _Job:
         self.checkpoint.load(model, parts["embeddings"], self.device)
         write_part(0, "embeddings")
         done = len(manifest.layers)
+        reused = tuple(resolved.blocks[r["index"]] + "." for r in manifest.layers)
+        self.checkpoint.skip(lambda n: n.startswith(reused))
         hidden: list[torch.Tensor] = []
         search_hidden: list[torch.Tensor] = []
         calls: list[list[BlockCall]] = [[] for _ in layers]
