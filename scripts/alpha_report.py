@@ -57,7 +57,9 @@ def measure(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
     model, tokenizer = load_model(args.model)
-    windows = eval_windows(tokenizer, "wikitext2", args.seq_len, args.windows * args.seq_len, data_dir=WIKITEXT)
+    windows = eval_windows(
+        tokenizer, "wikitext2", args.seq_len, args.windows * args.seq_len, data_dir=WIKITEXT
+    )
     calib = calibration_batches(tokenizer, "wikitext2", args.calib_samples, 512, data_dir=WIKITEXT)
     rows = configs(args.schemes.split(","), [float(a) for a in args.grid.split(",")])
     results = run(model, rows, windows, calib, progress=not args.no_progress)
