@@ -29,11 +29,14 @@ WIKITEXT = next(
 PAIRS = {"O1": False, "O2": True, "O3": True, "W8A8": False}
 
 
-def configs(schemes: list[str], grid: list[float]):
+def configs(schemes: list[str], grid: list[float], extra: list[str]):
     from smoothquant.evaluation.runner import Config
     from smoothquant.quantization import get_scheme
 
     out = [Config("FP"), Config("naive", "naive")]
+    for name in extra:  # more rows for the model's evaluation table, alpha 0.5
+        scheme = get_scheme(name).name
+        out.append(Config(scheme, scheme, 0.5, PAIRS.get(scheme, False)))
     for name in schemes:
         scheme = get_scheme(name).name
         pairs = PAIRS.get(scheme, False)
@@ -61,7 +64,8 @@ def measure(args: argparse.Namespace) -> None:
         tokenizer, "wikitext2", args.seq_len, args.windows * args.seq_len, data_dir=WIKITEXT
     )
     calib = calibration_batches(tokenizer, "wikitext2", args.calib_samples, 512, data_dir=WIKITEXT)
-    rows = configs(args.schemes.split(","), [float(a) for a in args.grid.split(",")])
+    extra = [e for e in args.extra.split(",") if e]
+    rows = configs(args.schemes.split(","), [float(a) for a in args.grid.split(",")], extra)
     results = run(model, rows, windows, calib, progress=not args.no_progress)
     print(format_table(results))
     meta = {
@@ -91,7 +95,7 @@ def table(paths: list[Path]) -> str:
         def cell(ppl: float, fp: float = fp) -> str:
             return f"{ppl:.2f} ({100 * (ppl / fp - 1):+.1f}%)"
 
-        schemes = list(dict.fromkeys(r["scheme"] for r in rows if r.get("alpha") is not None))
+        schemes = list(dict.fromkeys(r["scheme"] for r in rows if "alpha_search" in r))
         for scheme in schemes:
             mine = [r for r in rows if r["scheme"] == scheme]
             grid = [r for r in mine if "alpha_search" not in r]
@@ -112,6 +116,7 @@ def main() -> None:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--schemes", default="O1,O3,w8a8")
     p.add_argument("--grid", default="0.3,0.4,0.5,0.6,0.7,0.8", help="single alphas to sweep")
+    p.add_argument("--extra", default="", help="more rows at alpha 0.5, e.g. zeroquant,llm.int8,O2")
     p.add_argument("--windows", type=int, default=16, help="evaluation windows of --seq-len tokens")
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--calib-samples", type=int, default=32, help="calibration windows of 512 tokens")

@@ -134,7 +134,10 @@ def _demo(args: argparse.Namespace) -> int:
 
     # Figure 4: the worst layer's channels before and after O3's smoothing (no forward pass needed)
     smoothed_model = copy.deepcopy(model)
-    smoothed = smooth(smoothed_model, stats, **smoothing["O3"])
+    o3 = dict(smoothing["O3"])
+    if o3["alpha"] == "auto":  # the alphas the O3 row's search chose
+        o3["alpha"] = by_scheme["O3"].info["alpha_search"]["alpha"]
+    smoothed = smooth(smoothed_model, stats, **o3)
     layer = plots.worst_layer(stats, list(quantization_targets(model)))
     weights = [weight_oi(m.get_submodule(layer)).detach().abs().amax(0) for m in (model, smoothed_model)]
     fig4 = plots.plot_channel_absmax(
