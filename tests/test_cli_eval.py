@@ -81,9 +81,10 @@ def test_eval_command_reports_bad_input_in_one_line(checkpoint, text_file, capsy
 
 def test_demo_writes_table_figures_and_results(checkpoint, text_file, tmp_path, monkeypatch, capsys):
     pytest.importorskip("matplotlib")
-    monkeypatch.setattr(demo_module, "QUICK", demo_module.Size(4, 32, 3, 64, (0.4, 0.8), 2))
+    # the full demo (with its alpha search) at a size a tiny model runs in seconds
+    monkeypatch.setattr(demo_module, "FULL", demo_module.Size(4, 32, 3, 64, (0.4, 0.8), 2))
     out = tmp_path / "demo"
-    argv = ["demo", "--quick", "--model", str(checkpoint), "--data", str(text_file), "--out", str(out)]
+    argv = ["demo", "--model", str(checkpoint), "--data", str(text_file), "--out", str(out)]
     assert main([*argv, "--no-progress"]) == 0
     printed = capsys.readouterr().out
     for name, _ in demo_module.ROWS:

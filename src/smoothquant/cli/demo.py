@@ -20,20 +20,20 @@ from pathlib import Path
 log = logging.getLogger("smoothquant")
 
 # How each SmoothQuant row migrates outliers: the one place to change it. ``alpha`` is a float, a
-# mapping of groups ({"*.mlp_out": 0.6, "*": 0.5}) or, once automatic per-group alpha is
-# available, "auto" (``--alpha`` overrides it for every row). ``linear_pairs`` also smooths
-# up_proj -> down_proj and v_proj -> o_proj. Why they differ on smollm2-135m: its worst outlier
-# (a ~1500x channel) is the input of down_proj, which no norm precedes. With one activation scale
-# per tensor (O2, O3) that channel flattens every other one to zero unless it is smoothed; with
-# per-token scales (O1, W8A8) it only costs its own tokens, and moving it into down_proj's weights
-# hurts more than it helps. O1 keeps per-tensor weights, which absorb less migration: alpha 0.4
-# (+7.6% perplexity vs +10.1% at 0.5; docs/evaluation.md has the measurements behind each choice).
+# mapping of groups ({"*.mlp_out": 0.6, "*": 0.5}) or "auto" (``--alpha`` overrides it for every
+# row); ``linear_pairs`` also smooths up_proj -> down_proj and v_proj -> o_proj. On smollm2-135m
+# the worst outlier (a ~1500x channel) is the input of down_proj, which no norm precedes: with one
+# activation scale per tensor (O2, O3) it flattens every other channel unless that pair is
+# smoothed. The automatic search (per group, linear pairs included, each possibly off) takes
+# ~5 min per row on 2 cores, so the demo runs it where it gains most: O3 (+46% perplexity vs +55%
+# at alpha 0.5; O1: +7.3% vs +7.6% at 0.4, not worth the time). --quick replaces it with 0.5.
 SMOOTHING: dict[str, dict] = {
     "O1": {"alpha": 0.4, "linear_pairs": False},
     "O2": {"alpha": 0.5, "linear_pairs": True},
-    "O3": {"alpha": 0.5, "linear_pairs": True},
+    "O3": {"alpha": "auto", "linear_pairs": True},
     "w8a8": {"alpha": 0.5, "linear_pairs": False},
 }
+QUICK_ALPHA = 0.5  # what --quick uses where SMOOTHING says "auto"
 
 # (row name, scheme preset; None is the floating-point model)
 ROWS = (
@@ -107,6 +107,10 @@ def _demo(args: argparse.Namespace) -> int:
 
     size = QUICK if args.quick else FULL
     smoothing = {k: dict(v, alpha=parse_alpha(args.alpha)) if args.alpha else v for k, v in SMOOTHING.items()}
+    if args.quick:  # the search takes minutes per row
+        smoothing = {
+            k: dict(v, alpha=QUICK_ALPHA) if v["alpha"] == "auto" else v for k, v in smoothing.items()
+        }
     progress = not args.no_progress
     out = Path(args.out)
     wall, cpu = time.perf_counter(), time.process_time()
