@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import smoothquant as sq
 from smoothquant.evaluation import EvaluationError, compare, perplexity, reference_pass
 from smoothquant.evaluation import metrics as metrics_module
 from smoothquant.evaluation.runner import Config, format_table, parse_configs, run, write_results
@@ -120,6 +121,8 @@ def test_runner_rows_share_one_reference_and_leave_the_model_alone(tmp_path):
         assert torch.equal(model(windows).logits, before)
     fp, naive, w8a8, o3 = results
     assert fp.kl == 0.0 and fp.top1 == 1.0 and fp.info == {"scheme": "fp"}
+    quantize_seconds = [r.info.pop("quantize_seconds") for r in (naive, w8a8, o3)]
+    assert all(t >= 0 for t in quantize_seconds)
     assert w8a8.info == {"scheme": "w8a8", "alpha": 0.5, "linear_pairs": False}
     assert naive.info == {"scheme": "naive"}
     assert all(r.kl > 0 for r in (naive, w8a8, o3)) and all(r.tokens == fp.tokens for r in results)
@@ -139,6 +142,13 @@ def test_config_with_group_alphas_and_linear_pairs():
     windows, calib = _windows(1, 32), _windows(4, 32, seed=9)
     alpha = {"*.mlp_out": 0.8, "*": 0.5}
     config = Config("w8a8 pairs", "w8a8", alpha, linear_pairs=True)
-    (result,) = run(model, [config], windows, calib, progress=False)
+    auto = Config("w8a8 auto", "w8a8", "auto", linear_pairs=True)
+    result, searched = run(model, [config, auto], windows, calib, progress=False)
+    assert result.info.pop("quantize_seconds") >= 0
     assert result.info == {"scheme": "w8a8", "alpha": alpha, "linear_pairs": True}
     assert 0 < result.kl < 1
+    # a searched row says what the search chose for every group and what it took
+    search = searched.info["alpha_search"]
+    groups = {g.id for g in sq.families.resolve(model).groups}
+    assert set(search["alpha"]) == groups and search["seconds"] > 0
+    assert searched.info["alpha"] == "auto"
