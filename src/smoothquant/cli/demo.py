@@ -70,7 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "demo",
-        help="SmoothQuant vs baselines on a real model: table and figures (~15 min on 2 cores; --quick ~3)",
+        help="SmoothQuant vs baselines on a real model: table and figures (~8 min on 2 cores; --quick ~1)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
