@@ -99,6 +99,19 @@ def test_same_checkpoint_as_in_memory(tmp_path, family, scheme, alpha):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["layerwise", "memory", "src"]  # no leftovers
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA-only: --device cuda needs a CUDA GPU")
+@pytest.mark.parametrize(("scheme", "alpha"), [("w8a8", 0.5), ("O3", "auto")])
+def test_same_checkpoint_as_in_memory_on_cuda(tmp_path, scheme, alpha):
+    """Layers computed on the GPU: the same checkpoint as the in-memory path on the GPU."""
+    src = _write_source(tmp_path / "src", "llama")
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).cuda()
+    result = sq.quantize_model(model, DATA, scheme, alpha, seq_len=16, search_options=SEARCH, progress=False)
+    sq.save_quantized(result, tmp_path / "memory")
+    summary = _layerwise(src, tmp_path / "layerwise", scheme, alpha, device="cuda")
+    _assert_same_checkpoint(tmp_path / "memory", tmp_path / "layerwise")
+    assert summary.peak_device is not None and summary.peak_device > 0
+
+
 def test_bfloat16_compute_and_offloaded_activations_load_back(tmp_path):
     src = _write_source(tmp_path / "src", "gemma2")
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16)
