@@ -17,21 +17,23 @@ from smoothquant.runtime import ops
 triton = pytest.importorskip("triton", reason="the Triton kernels need the triton package")
 from smoothquant.kernels import triton_gemm  # noqa: E402
 
-SPECS = [(TOKEN_DYNAMIC, None), (TENSOR_DYNAMIC, None), (TENSOR_STATIC, torch.tensor([0.05]))]
+# the Triton kernels run where Triton does: the GPU if there is one, else the interpreter on the CPU
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+SPECS = [(TOKEN_DYNAMIC, None), (TENSOR_DYNAMIC, None), (TENSOR_STATIC, torch.tensor([0.05], device=DEV))]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 
 def _x(m: int, k: int, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     # rows of very different magnitudes, so per-token and per-tensor scales differ
-    return (torch.randn(m, k, generator=g) * torch.logspace(-2, 2, m)[:, None]).to(dtype)
+    return (torch.randn(m, k, generator=g) * torch.logspace(-2, 2, m)[:, None]).to(DEV, dtype)
 
 
 def _weight(n: int, k: int) -> torch.Tensor:
     """int8 [n, k] stored with a 16-byte row stride, as Int8Linear stores it."""
     g = torch.Generator().manual_seed(1)
     kp = -(-k // 16) * 16
-    buf = torch.zeros(n, kp, dtype=torch.int8)
+    buf = torch.zeros(n, kp, dtype=torch.int8, device=DEV)
     buf[:, :k] = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8)
     return buf[:, :k]
 
@@ -49,8 +51,8 @@ def test_quantize_rows_gives_the_reference_integers(m, k, dtype, spec, static):
 
 
 def test_quantize_rows_rounds_half_to_even_and_clamps():
-    x = torch.tensor([[0.5, 1.5, 2.5, -0.5, -2.5, 126.5, 300.0, -300.0, 0.0]])
-    q, _ = ops.quantize_rows(x, TENSOR_STATIC, torch.tensor([1.0]), "triton")
+    x = torch.tensor([[0.5, 1.5, 2.5, -0.5, -2.5, 126.5, 300.0, -300.0, 0.0]], device=DEV)
+    q, _ = ops.quantize_rows(x, TENSOR_STATIC, torch.tensor([1.0], device=DEV), "triton")
     assert q.tolist() == [[0, 2, 2, 0, -2, 126, 127, -127, 0]]
 
 
@@ -83,8 +85,8 @@ def test_packed_rows_roundtrip():
 def test_norm_quantize_equals_norm_then_quantize(rms, offset, bias, spec, static, dtype):
     k = 45
     x = (3 * _x(6, k, torch.float32)).to(dtype)
-    w = (1 + 0.3 * torch.randn(k)).to(dtype)
-    b = (0.1 * torch.randn(k)).to(dtype) if bias else None
+    w = (1 + 0.3 * torch.randn(k)).to(DEV, dtype)
+    b = (0.1 * torch.randn(k)).to(DEV, dtype) if bias else None
     got = ops.norm_quantize(x, w, b, 1e-5, rms, offset, spec, static, "triton")
     want = ops.norm_quantize(x, w, b, 1e-5, rms, offset, spec, static, "reference")
     qg, sg = unpack(got, k)
@@ -111,8 +113,8 @@ GEMM_CONFIGS = [
 def test_int8_gemm_matches_reference(m, n, k, config, out_dtype):
     q, s = ops.quantize_rows(_x(m, k, torch.float32), TOKEN_DYNAMIC, None, "triton")
     w = _weight(n, k)
-    ws = torch.rand(n) + 0.1
-    bias = torch.randn(n).to(out_dtype)
+    ws = torch.rand(n, device=DEV) + 0.1
+    bias = torch.randn(n).to(DEV, out_dtype)
     got = triton_gemm.int8_gemm(q, s, w, ws, bias, out_dtype, config)
     want = ops.int8_matmul(q, s, w, ws, bias, torch.float64, "reference")
     # fp32 epilogue: within fp32 rounding; bf16: within one bf16 rounding (the interpreter
@@ -124,8 +126,8 @@ def test_int8_gemm_matches_reference(m, n, k, config, out_dtype):
 
 @pytest.mark.parametrize(("spec", "static"), SPECS)
 def test_cpu_backend_equals_reference(spec, static):
-    x = _x(9, 70, torch.bfloat16)
-    w, ws, bias = _weight(23, 70), torch.rand(23) + 0.1, torch.randn(23).bfloat16()
+    x, static = _x(9, 70, torch.bfloat16).cpu(), None if static is None else static.cpu()
+    w, ws, bias = _weight(23, 70).cpu(), torch.rand(23) + 0.1, torch.randn(23).bfloat16()
     q_cpu, s_cpu = ops.quantize_rows(x, spec, static, "cpu")
     q_ref, s_ref = ops.quantize_rows(x, spec, static, "reference")
     assert torch.equal(q_cpu, q_ref) and torch.equal(s_cpu, s_ref)

@@ -23,8 +23,10 @@ def _triton_or_skip() -> None:
 def test_converted_model_logits_equal_fake_quant(family, scheme, backend):
     if backend == "triton":
         _triton_or_skip()
-    model = tiny_model(family, torch.bfloat16)
-    ids = tiny_batches(2, 12)
+    # Triton runs on the GPU if there is one (else its interpreter on the CPU)
+    dev = "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
+    model = tiny_model(family, torch.bfloat16).to(dev)
+    ids = tiny_batches(2, 12).to(dev)
     sq.quantize_model(model, ids, scheme=scheme, alpha=0.5)
     with torch.no_grad():
         want = model(ids).logits.float()

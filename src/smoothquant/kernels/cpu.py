@@ -34,7 +34,9 @@ def has_int8_dot() -> bool:
 
 def int8_accumulate(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b.T`` for int8 ``a [M, K]``, ``b [N, K]``, exactly, as int32 ``[M, N]``."""
-    if has_int8_dot():
+    # K < 8: torch's CPU _int_mm returned wrong sums for K = 1 on an AVX-512 VNNI host (torch 2.11);
+    # such tiny products cost nothing on the exact fp32 path below
+    if has_int8_dot() and a.shape[1] >= 8:
         return torch._int_mm(a.contiguous(), b.t())
     acc = None
     for k in range(0, a.shape[1], EXACT_FP32_K):
