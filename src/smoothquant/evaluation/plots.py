@@ -65,12 +65,7 @@ def plot_channel_absmax(
     axes[0, 0].set_ylabel("per-channel absmax (log)")
     axes[1, 0].set_ylabel("per-channel absmax (log)")
     fig.suptitle(title or f"{layer}: outliers migrate from activations into weights")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_alpha_sweep(
@@ -94,6 +89,10 @@ def plot_alpha_sweep(
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title or "perplexity versus alpha")
+    return _save(plt, fig, path)
+
+
+def _save(plt, fig, path: str | Path) -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -21,6 +20,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from smoothquant.cache import file_sha256
 from smoothquant.errors import ExportError
 from smoothquant.layerwise.activations import Stream
 
@@ -29,14 +29,6 @@ log = logging.getLogger("smoothquant")
 MANIFEST = "layerwise-manifest.json"
 LOCK = ".lock"
 FORMAT = "smoothquant-layerwise/1"
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 24):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _fresh() -> dict[str, Any]:

@@ -67,12 +67,15 @@ from smoothquant.layerwise.resume import Manifest
 from smoothquant.nn_utils import compute_dtype, set_submodule
 from smoothquant.pipeline import QuantizationResult
 from smoothquant.quantization import Scheme, get_scheme
-from smoothquant.quantization.apply import quantization_targets, quantized_replacements
+from smoothquant.quantization.apply import (
+    check_static_coverage,
+    quantization_targets,
+    quantized_replacements,
+)
 from smoothquant.search.alpha import (
     AlphaSearch,
     BlockSearch,
     check_options,
-    check_static_coverage,
     search_alpha,
 )
 from smoothquant.search.blocks import BlockCall, capture_block_calls
@@ -480,7 +483,7 @@ class _Job:
         if search is not None:
             t = time.perf_counter()
             if not self.scheme.inputs.dynamic:
-                check_static_coverage(self.scheme, [n for n in self.targets if mine(n)], stats)
+                check_static_coverage([n for n in self.targets if mine(n)], stats)
             next_search, record["search"] = search.step(name, block, stats, search_hidden, search_calls)
             alphas = record["search"]["alpha"]
             if not last:

@@ -14,7 +14,6 @@ load: the "FP" model is that dequantized model, not the original bf16 checkpoint
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -22,7 +21,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from smoothquant.cache import atomic_path, cache_dir
+from smoothquant.cache import atomic_path, cache_dir, file_sha256
 from smoothquant.errors import ModelLoadError
 
 log = logging.getLogger("smoothquant")
@@ -135,14 +134,6 @@ def check_gguf_file(path: Path, *, full: bool = False) -> None:
             raise ModelLoadError(f"{path} is truncated: tensor data ends at byte {end}")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
-
-
 def gguf_path(name: str) -> Path:
     """Path of the embedded model's GGUF file, assembling (and caching) multi-part models."""
     model = EMBEDDED[name]
@@ -165,7 +156,7 @@ def gguf_path(name: str) -> Path:
             for p in parts:
                 with p.open("rb") as f:
                     shutil.copyfileobj(f, out, 1 << 22)
-        digest = _sha256(tmp)
+        digest = file_sha256(tmp)
         if model.sha256 and digest != model.sha256:
             raise ModelLoadError(
                 f"assembled {name} has sha256 {digest}, expected {model.sha256}: "

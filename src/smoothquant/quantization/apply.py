@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 
 from torch import nn
 
@@ -72,6 +73,17 @@ def quantized_linear(
     )
 
 
+def check_static_coverage(names: Iterable[str], stats: ActStats) -> None:
+    """Static activation scales need the input range of every linear in ``names``."""
+    unseen = [n for n in names if n not in stats.inputs]
+    if unseen:
+        raise StatsMismatchError(
+            f"no calibration statistics for {len(unseen)} linears (e.g. {', '.join(unseen[:3])}): "
+            "experts that received no calibration token need more calibration data, or use a "
+            "dynamic scheme; otherwise these statistics come from another model"
+        )
+
+
 def quantized_replacements(
     targets: dict[str, nn.Module],
     scheme: Scheme,
@@ -98,13 +110,7 @@ def quantized_replacements(
                 "returned by smooth(), or recalibrate the smoothed model"
             )
         if static_in:
-            unseen = [n for n in targets if n not in stats.inputs]
-            if unseen:
-                raise StatsMismatchError(
-                    f"no calibration statistics for {len(unseen)} linears (e.g. {', '.join(unseen[:3])}): "
-                    "experts that received no calibration token need more calibration data, or use a "
-                    "dynamic scheme; otherwise these statistics come from another model"
-                )
+            check_static_coverage(targets, stats)
             stats.validate(
                 {n: in_out_features(m)[0] for n, m in targets.items()}, what=f"scheme {scheme.name}"
             )

@@ -46,11 +46,11 @@ from tqdm.auto import tqdm
 
 from smoothquant.calibration import ActStats, calibrate
 from smoothquant.calibration.batches import Batches, make_batches, sequences
-from smoothquant.errors import ArgumentError, SchemeError, StatsMismatchError
+from smoothquant.errors import ArgumentError, SchemeError
 from smoothquant.families import ResolvedGroup, ResolvedModel, prepare_model, resolve
 from smoothquant.nn_utils import compute_dtype, in_out_features, model_dtype, set_submodule
 from smoothquant.quantization import Scheme, get_scheme
-from smoothquant.quantization.apply import quantized_linear
+from smoothquant.quantization.apply import check_static_coverage, quantized_linear
 from smoothquant.search.blocks import BlockCall, capture_block_calls, run_capturing, run_until
 from smoothquant.smoothing.fold import fold_into_consumers, fold_into_producer
 from smoothquant.smoothing.scales import expand_to_consumer
@@ -618,7 +618,7 @@ def search_alpha(
             stats = calibrate(model, rows, batch_size=batch_size, progress=progress)
         check_stats(resolved, search.groups, stats, model)
         if not scheme.inputs.dynamic:
-            check_static_coverage(scheme, list(resolved.quantizable), stats)
+            check_static_coverage(resolved.quantizable, stats)
         device = next(model.parameters()).device
         ids = [b.to(device) for b in make_batches(rows, batch_size)]
         layers = model.get_submodule(resolved.layers_path)
@@ -634,16 +634,6 @@ def search_alpha(
     finally:
         model.train(was_training)
     return search.result(scheme.name, sum(r.numel() for r in rows), time.perf_counter() - start)
-
-
-def check_static_coverage(scheme: Scheme, quantizable: list[str], stats: ActStats) -> None:
-    """Static schemes need every searched linear's input range."""
-    unseen = [n for n in quantizable if n not in stats.inputs]
-    if unseen:
-        raise StatsMismatchError(
-            f"no calibration statistics for {len(unseen)} linears (e.g. {', '.join(unseen[:3])}); "
-            f"static scheme {scheme.name} needs every linear's input range: calibrate on more data"
-        )
 
 
 def _search_group_wise(
