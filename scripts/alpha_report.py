@@ -29,23 +29,31 @@ WIKITEXT = next(
 PAIRS = {"O1": False, "O2": True, "O3": True, "W8A8": False}
 
 
-def configs(schemes: list[str], grid: list[float], extra: list[str]):
+def configs(schemes: list[str], grid: list[float], extra: list[str], rounding: str, auto: str):
+    """``auto``: which auto rows, ``both`` (norm groups only, and with linear pairs) or ``pairs``."""
     from smoothquant.evaluation.runner import Config
     from smoothquant.quantization import get_scheme
 
     out = [Config("FP"), Config("naive", "naive")]
+    tag = "" if rounding == "nearest" else f" {rounding}"
     for name in extra:  # more rows for the model's evaluation table, alpha 0.5
         scheme = get_scheme(name).name
-        out.append(Config(scheme, scheme, 0.5, PAIRS.get(scheme, False)))
+        r = rounding if get_scheme(name).migration == "smoothquant" else "nearest"
+        out.append(Config(scheme + tag, scheme, 0.5, PAIRS.get(scheme, False), r))
     for name in schemes:
         scheme = get_scheme(name).name
         pairs = PAIRS.get(scheme, False)
         for a in grid:
-            out.append(Config(f"{scheme} a={a:g}{' pairs' if pairs else ''}", scheme, a, pairs))
+            out.append(
+                Config(f"{scheme} a={a:g}{' pairs' if pairs else ''}{tag}", scheme, a, pairs, rounding)
+            )
         if 0.5 in grid:
-            out.append(Config(f"{scheme} a=0.5{'' if pairs else ' pairs'}", scheme, 0.5, not pairs))
-        out.append(Config(f"{scheme} auto", scheme, "auto", False))
-        out.append(Config(f"{scheme} auto pairs", scheme, "auto", True))
+            out.append(
+                Config(f"{scheme} a=0.5{'' if pairs else ' pairs'}{tag}", scheme, 0.5, not pairs, rounding)
+            )
+        if auto == "both":
+            out.append(Config(f"{scheme} auto{tag}", scheme, "auto", False, rounding))
+        out.append(Config(f"{scheme} auto pairs{tag}", scheme, "auto", True, rounding))
     return out
 
 
@@ -65,7 +73,8 @@ def measure(args: argparse.Namespace) -> None:
     )
     calib = calibration_batches(tokenizer, "wikitext2", args.calib_samples, 512, data_dir=WIKITEXT)
     extra = [e for e in args.extra.split(",") if e]
-    rows = configs(args.schemes.split(","), [float(a) for a in args.grid.split(",")], extra)
+    grid = [float(a) for a in args.grid.split(",")]
+    rows = configs(args.schemes.split(","), grid, extra, args.rounding, args.auto)
     results = run(model, rows, windows, calib, progress=not args.no_progress)
     print(format_table(results))
     meta = {
@@ -74,6 +83,7 @@ def measure(args: argparse.Namespace) -> None:
         "seq_len": args.seq_len,
         "windows": int(windows.shape[0]),
         "calibration": {"data": "wikitext2 valid", "shape": list(calib.shape)},
+        "weight_rounding": args.rounding,
         "machine": f"{platform.machine()} {platform.processor() or ''}, {torch.get_num_threads()} threads",
         "total_seconds": round(time.perf_counter() - start, 1),
     }
@@ -83,8 +93,9 @@ def measure(args: argparse.Namespace) -> None:
 def table(paths: list[Path]) -> str:
     """Per model and scheme: FP, naive, the best grid alpha, auto without / with pairs."""
     lines = [
-        "| model | tokens | scheme | FP | naive | best single alpha | auto, norm groups | auto, + linear pairs | search s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | rounding | tokens | scheme | FP | naive | best single alpha | auto, norm groups "
+        "| auto, + linear pairs | search s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for path in paths:
         doc = json.loads(path.read_text())
@@ -102,11 +113,13 @@ def table(paths: list[Path]) -> str:
             best = min(grid, key=lambda r: r["perplexity"])
             auto = {r["linear_pairs"]: r for r in mine if "alpha_search" in r}
             pairs = " + pairs" if best["linear_pairs"] else ""
+            norm = cell(auto[False]["perplexity"]) if False in auto else "-"
+            secs = " / ".join(f"{auto[k]['alpha_search']['seconds']:.0f}" for k in (False, True) if k in auto)
+            rounding = meta.get("weight_rounding", "nearest")
             lines.append(
-                f"| {meta['model']} | {meta['windows'] * meta['seq_len']:,} | {scheme} | {fp:.2f} | {cell(naive)} "
-                f"| {cell(best['perplexity'])} at {best['alpha']:g}{pairs} "
-                f"| {cell(auto[False]['perplexity'])} | {cell(auto[True]['perplexity'])} "
-                f"| {auto[False]['alpha_search']['seconds']:.0f} / {auto[True]['alpha_search']['seconds']:.0f} |"
+                f"| {meta['model']} | {rounding} | {meta['windows'] * meta['seq_len']:,} | {scheme} | {fp:.2f} "
+                f"| {cell(naive)} | {cell(best['perplexity'])} at {best['alpha']:g}{pairs} "
+                f"| {norm} | {cell(auto[True]['perplexity'])} | {secs} |"
             )
     return "\n".join(lines)
 
@@ -120,6 +133,10 @@ def main() -> None:
     p.add_argument("--windows", type=int, default=16, help="evaluation windows of --seq-len tokens")
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--calib-samples", type=int, default=32, help="calibration windows of 512 tokens")
+    p.add_argument("--rounding", default="nearest", choices=["nearest", "gptq"], help="weight rounding")
+    p.add_argument(
+        "--auto", default="both", choices=["both", "pairs"], help="auto rows: with and without pairs, or with"
+    )
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.add_argument("--json", type=Path, help="write the rows here")
     p.add_argument("--table", type=Path, nargs="+", help="print the summary of these result files")

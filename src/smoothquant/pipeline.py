@@ -14,10 +14,11 @@ from typing import Any, Literal
 
 from torch import nn
 
-from smoothquant.calibration import ActStats, calibrate
+from smoothquant.calibration import ActStats, calibrate, collect_hessians
 from smoothquant.calibration.batches import Batches
 from smoothquant.errors import ArgumentError, CalibrationError
-from smoothquant.quantization import Scheme, get_scheme, quantize
+from smoothquant.quantization import Scheme, get_scheme, quantization_targets, quantize
+from smoothquant.quantization.gptq import check_rounding
 from smoothquant.search import AlphaSearch, search_alpha
 from smoothquant.smoothing import smooth
 from smoothquant.smoothing.smooth import Alpha
@@ -33,6 +34,7 @@ class QuantizationResult:
     seconds: dict[str, float] = field(default_factory=dict)
     linear_pairs: bool = False
     search: AlphaSearch | None = None
+    weight_rounding: str = "nearest"
 
     def recipe(self) -> dict[str, Any]:
         """What was applied, JSON-serialisable (scheme, alpha per group, calibration size).
@@ -52,6 +54,7 @@ class QuantizationResult:
             "alpha": self.alpha,
             "linear_pairs": self.linear_pairs,
             "alpha_search": self.search.to_recipe() if self.search else None,
+            "weight_rounding": self.weight_rounding,
             "calibration": {k: self.stats.meta.get(k) for k in ("num_tokens", "num_sequences")}
             if self.stats
             else None,
@@ -72,6 +75,7 @@ def quantize_model(
     num_samples: int | None = None,
     quantize_bmm_inputs: bool = False,
     quantize_lm_head: bool = False,
+    weight_rounding: Literal["nearest", "gptq"] = "nearest",
     progress: bool = True,
 ) -> QuantizationResult:
     """Calibrate (unless ``stats`` are given), smooth as the scheme says, and quantize in place.
@@ -82,7 +86,15 @@ def quantize_model(
     ``reference``...) and prints a summary when ``progress``. ``linear_pairs`` (also smooth
     ``v_proj -> o_proj``, ``up_proj -> down_proj``...) defaults to True with ``"auto"``, which can
     switch each of them off, and to False with a given alpha, as in the paper.
+    ``weight_rounding="gptq"``: round weights to minimise each linear's output error on the
+    calibration data (:mod:`smoothquant.quantization.gptq`; one more pass over it) instead of to
+    nearest; same format, same scales.
     """
+    check_rounding(weight_rounding, get_scheme(scheme).outlier_threshold)
+    if weight_rounding == "gptq" and calibration is None:
+        raise CalibrationError(
+            "weight_rounding='gptq' measures the calibration inputs: pass calibration data"
+        )
     auto = isinstance(alpha, str)
     if auto and alpha != "auto":
         raise ArgumentError(f"alpha must be a number, a mapping of group ids, or 'auto'; got {alpha!r}")
@@ -129,7 +141,15 @@ def quantize_model(
             t = time.perf_counter()
             smoothed = calibrate(model, calibration, token_histograms=True, **calib_kwargs)
             seconds["recalibrate"] = time.perf_counter() - t
+    hessians = None
+    if weight_rounding == "gptq":
+        t = time.perf_counter()
+        targets = quantization_targets(model, quantize_lm_head=quantize_lm_head)
+        hessians = collect_hessians(model, calibration, targets, **calib_kwargs)
+        seconds["hessians"] = time.perf_counter() - t
     t = time.perf_counter()
-    quantize(model, scheme, smoothed, quantize_lm_head=quantize_lm_head)
+    quantize(model, scheme, smoothed, quantize_lm_head=quantize_lm_head, hessians=hessians)
     seconds["quantize"] = time.perf_counter() - t
-    return QuantizationResult(model, scheme, stats, smoothed, applied, seconds, linear_pairs, search)
+    return QuantizationResult(
+        model, scheme, stats, smoothed, applied, seconds, linear_pairs, search, weight_rounding
+    )

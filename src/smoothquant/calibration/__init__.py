@@ -1,6 +1,8 @@
-"""Calibration: model + data -> per-channel activation statistics."""
+"""Calibration: model + data -> per-channel activation statistics (and, for GPTQ rounding, the
+inputs' ``X^T X``)."""
 
 from smoothquant.calibration.calibrate import calibrate
+from smoothquant.calibration.hessians import collect_hessians
 from smoothquant.calibration.stats import ActStats
 
-__all__ = ["ActStats", "calibrate"]
+__all__ = ["ActStats", "calibrate", "collect_hessians"]

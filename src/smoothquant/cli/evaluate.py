@@ -76,6 +76,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "comma-separated schemes given (e.g. O2,O3)",
     )
     p.add_argument(
+        "--rounding",
+        default="nearest",
+        choices=["nearest", "gptq"],
+        help="weight rounding of the SmoothQuant rows (baselines keep nearest): nearest (default) or gptq",
+    )
+    p.add_argument(
         "--seq-len", type=int, default=2048, help="evaluation window (default 2048; 512 also common)"
     )
     p.add_argument("--max-tokens", type=int, help="evaluate only the first N tokens of the split")
@@ -101,7 +107,7 @@ def _eval(args: argparse.Namespace) -> int:
     from smoothquant.models import load_model
 
     alpha = parse_alpha(args.alpha)
-    configs = parse_configs(args.schemes.split(","), alpha, args.linear_pairs)
+    configs = parse_configs(args.schemes.split(","), alpha, args.linear_pairs, args.rounding)
     start = time.perf_counter()
     model, tokenizer = load_model(args.model, dtype=torch_dtype(args.dtype))
     windows = eval_windows(tokenizer, args.data, args.seq_len, args.max_tokens, data_dir=args.data_dir)

@@ -24,6 +24,7 @@ from smoothquant.calibration import ActStats, calibrate
 from smoothquant.evaluation.metrics import EvalResult, Reference, compare, reference_pass
 from smoothquant.pipeline import QuantizationResult, quantize_model
 from smoothquant.quantization import get_scheme
+from smoothquant.quantization.gptq import check_rounding
 from smoothquant.smoothing.smooth import Alpha
 
 FP = "fp"
@@ -31,12 +32,14 @@ FP = "fp"
 
 @dataclass(frozen=True)
 class Config:
-    """One row: ``scheme`` None is the floating-point reference itself."""
+    """One row: ``scheme`` None is the floating-point reference itself. ``rounding``: weight
+    rounding, ``"nearest"`` or ``"gptq"``."""
 
     name: str
     scheme: str | None = None
     alpha: Alpha | str = 0.5
     linear_pairs: bool = False
+    rounding: str = "nearest"
 
     @property
     def smoothed(self) -> bool:
@@ -50,16 +53,23 @@ class Config:
             alpha = self.alpha
             info |= {"alpha": alpha if isinstance(alpha, (int, float, str)) else dict(alpha)}
             info["linear_pairs"] = self.linear_pairs
+        if self.rounding != "nearest":
+            info["weight_rounding"] = self.rounding
         return info
 
 
 def parse_configs(
-    names: Sequence[str], alpha: Alpha | str = 0.5, linear_pairs: bool | str = False
+    names: Sequence[str],
+    alpha: Alpha | str = 0.5,
+    linear_pairs: bool | str = False,
+    rounding: str = "nearest",
 ) -> list[Config]:
     """Configs from scheme names (``fp`` for the reference), sharing one alpha.
 
     ``linear_pairs``: True / ``"all"`` for every row, or a comma-separated list of the schemes
-    that also smooth linear -> linear pairs (``"O2,O3"``)."""
+    that also smooth linear -> linear pairs (``"O2,O3"``). ``rounding`` applies to the SmoothQuant
+    rows; baselines (naive, ZeroQuant, LLM.int8()) keep round-to-nearest, as published."""
+    check_rounding(rounding)
     if isinstance(linear_pairs, str):
         wanted = {n.strip().lower() for n in linear_pairs.split(",") if n.strip()}
         every = "all" in wanted
@@ -72,7 +82,9 @@ def parse_configs(
             out.append(Config("FP"))
         else:
             scheme = get_scheme(name)  # validates early, before any model work
-            out.append(Config(scheme.name, scheme.name, alpha, every or scheme.name in pairs))
+            pairs_here = every or scheme.name in pairs
+            r = rounding if scheme.migration == "smoothquant" else "nearest"
+            out.append(Config(scheme.name, scheme.name, alpha, pairs_here, r))
     return out
 
 
@@ -88,6 +100,7 @@ def build(
         config.alpha,
         linear_pairs=config.linear_pairs,
         stats=stats,
+        weight_rounding=config.rounding,
         progress=False,
     )
 

@@ -81,13 +81,15 @@ def quantize_and_save(
     seq_len: int = 512,
     dtype: torch.dtype = torch.float32,
     force: bool = False,
+    weight_rounding: str = "nearest",
     progress: bool = True,
 ) -> ExportSummary:
     """Quantize ``model`` (a name ``smoothquant.models.load_model`` understands, or a loaded model
     with its ``tokenizer``) with SmoothQuant and write a compressed-tensors checkpoint to ``out_dir``.
 
     ``calib`` names the calibration text (``smoothquant.data.calibration_batches``): ``num_samples``
-    sequences of ``seq_len`` tokens.
+    sequences of ``seq_len`` tokens. ``weight_rounding="gptq"`` rounds weights against the
+    calibration inputs (:mod:`smoothquant.quantization.gptq`); the checkpoint format is the same.
     """
     out_dir = Path(out_dir)
     check_output(out_dir.absolute(), force)
@@ -108,7 +110,14 @@ def quantize_and_save(
     bytes_before = _float_bytes(model)  # before quantize replaces the linears in place
     batches = calibration_batches(tokenizer, calib, num_samples=num_samples, seq_len=seq_len)
     result = quantize_model(
-        model, batches, resolved, alpha, seq_len=seq_len, num_samples=num_samples, progress=progress
+        model,
+        batches,
+        resolved,
+        alpha,
+        seq_len=seq_len,
+        num_samples=num_samples,
+        weight_rounding=weight_rounding,
+        progress=progress,
     )
     seconds |= result.seconds
     recipe = result.recipe()

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
+import torch
 from torch import nn
 
 from smoothquant.calibration.stats import ActStats
 from smoothquant.errors import QuantizationError, StatsMismatchError
 from smoothquant.families import ResolvedModel, prepare_model, resolve
-from smoothquant.nn_utils import in_out_features, set_submodule
+from smoothquant.nn_utils import in_out_features, set_submodule, weight_oi
 from smoothquant.quantization.fake import FakeQuantLinear
+from smoothquant.quantization.gptq import check_rounding, round_weights
 from smoothquant.quantization.scheme import ActQuant, Scheme, get_scheme
 from smoothquant.state import smoothing_id
 
@@ -91,11 +93,14 @@ def quantized_replacements(
     bmm: set[str],
     *,
     smoothing: str | None = None,
+    hessians: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, FakeQuantLinear]:
     """The ``FakeQuantLinear`` of every target (``bmm``: the targets that feed attention BMMs), all
-    built and checked before any is used. Static schemes read the absmax of each target's input
-    (and output) from ``stats``, which must have been measured at smoothing state ``smoothing``
-    (the model's :func:`smoothing_id`, when known). Works on a whole model or on one decoder block."""
+        built and checked before any is used. Static schemes read the absmax of each target's input
+        (and output) from ``stats``, which must have been measured at smoothing state ``smoothing``
+        (the model's :func:`smoothing_id`, when known). ``hessians`` (``X^T X`` of targets' inputs, from
+    :func:`~smoothquant.quantization.gptq.collect_hessians`): those targets' weights are rounded by
+    GPTQ instead of to nearest. Works on a whole model or on one decoder block."""
     static_in = not scheme.inputs.dynamic
     static_out = scheme.outputs is not None and not scheme.outputs.dynamic
     if static_in or static_out:
@@ -132,6 +137,17 @@ def quantized_replacements(
             if static_out and quantize_out
             else None,
         )
+    if hessians:
+        check_rounding("gptq", scheme.outlier_threshold)
+        for name, h in hessians.items():
+            if name in targets and h.shape[0] != in_out_features(targets[name])[0]:
+                raise QuantizationError(
+                    f"{name}: its hessian is {tuple(h.shape)} but the linear has "
+                    f"{in_out_features(targets[name])[0]} inputs; it belongs to another model"
+                )
+        weights = {n: (weight_oi(targets[n]), replacements[n].weight_scale) for n in targets}
+        for name, q in round_weights(weights, scheme.weights, hessians).items():
+            replacements[name].qweight.copy_(q)
     return replacements
 
 
@@ -143,6 +159,7 @@ def quantize(
     quantize_bmm_inputs: bool = False,
     quantize_lm_head: bool = False,
     inplace: bool = True,
+    hessians: Mapping[str, torch.Tensor] | None = None,
 ) -> nn.Module:
     """Replace every mapped linear by a :class:`FakeQuantLinear` following ``scheme``.
 
@@ -152,7 +169,8 @@ def quantize(
 
     ``inplace=True`` (default) edits ``model`` and returns it; ``inplace=False`` works on a deep
     copy. Every replacement is built before the first swap, so a failing call leaves the model
-    untouched.
+    untouched. ``hessians``: round the weights of those linears by GPTQ (see
+    :mod:`smoothquant.quantization.gptq`), measured on the model as it is now.
     """
     scheme = get_scheme(scheme, quantize_bmm_inputs=quantize_bmm_inputs)
     if any(isinstance(m, FakeQuantLinear) for m in model.modules()):
@@ -164,7 +182,9 @@ def quantize(
     targets = quantization_targets(model, quantize_lm_head=quantize_lm_head, resolved=resolved)
     bmm = set(resolved.bmm_inputs) if scheme.outputs is not None else set()
 
-    replacements = quantized_replacements(targets, scheme, stats, bmm, smoothing=smoothing_id(model))
+    replacements = quantized_replacements(
+        targets, scheme, stats, bmm, smoothing=smoothing_id(model), hessians=hessians
+    )
     for name, new in replacements.items():
         set_submodule(model, name, new)
     return model
