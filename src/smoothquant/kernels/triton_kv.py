@@ -94,7 +94,7 @@ def _decode_attn_kernel(
     q_ptr, k_ptr, v_ptr, m_ptr, o_ptr, part_ptr, lse_ptr,
     L, HKV, split_len, qk_scale,
     sq_b, sq_h, sq_s, rk_b, rk_h, rv_b, rv_h, sm_b, sm_h, sm_s, so_b, so_s, so_h,
-    S: tl.constexpr, G: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, W: tl.constexpr, NSPLIT: tl.constexpr,
+    S: tl.constexpr, G: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, W: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_MASK: tl.constexpr, DOT_DTYPE: tl.constexpr,
 ):  # fmt: skip
@@ -146,11 +146,11 @@ def _decode_attn_kernel(
         acc = acc * alpha[:, None] + tl.dot(pv, vq.to(DOT_DTYPE), input_precision=_precision(DOT_DTYPE))
         m_i = m_new
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]  # a row that attends to nothing gets zeros
-    if NSPLIT == 1:
+    if not SPLIT:
         o = o_ptr + b * so_b + s[:, None] * so_s + h[:, None] * so_h + d[None, :]
         tl.store(o, out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
     else:
-        r = ((b * (HKV * G) + h) * S + s) * NSPLIT + split  # partials [B, Hq, S, NSPLIT, (D)]
+        r = ((b * (HKV * G) + h) * S + s) * tl.num_programs(1) + split  # partials [B, Hq, S, splits, (D)]
         tl.store(part_ptr + r[:, None] * D + d[None, :], out, mask=row_ok[:, None] & d_ok[None, :])
         lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.math.log2(tl.where(l_i == 0.0, 1.0, l_i)))
         tl.store(lse_ptr + r, lse, mask=row_ok)
@@ -159,7 +159,7 @@ def _decode_attn_kernel(
 @triton.jit
 def _combine_kernel(
     part_ptr, lse_ptr, o_ptr, HQ, so_b, so_s, so_h,
-    S: tl.constexpr, D: tl.constexpr, NSPLIT: tl.constexpr, BLOCK_SPLIT: tl.constexpr, BLOCK_D: tl.constexpr,
+    NSPLIT, S: tl.constexpr, D: tl.constexpr, BLOCK_SPLIT: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     r = tl.program_id(0).to(tl.int64)  # (b, h, s) of the partials' layout
     s = r % S
@@ -239,7 +239,7 @@ def decode_attention(
         length, hkv, split_len, scale * _LOG2E,
         *q.stride()[:3], *_rows(k_cache), *_rows(v_cache),
         *(mask.stride()[:3] if mask is not None else (0, 0, 0)), *out.stride()[:3],
-        S=s, G=g, D=d, DP=w - align, W=w, NSPLIT=splits,
+        S=s, G=g, D=d, DP=w - align, W=w, SPLIT=splits > 1,
         BLOCK_M=max(16, triton.next_power_of_2(g * s)), BLOCK_N=block_n, BLOCK_D=max(16, triton.next_power_of_2(d)),
         HAS_MASK=mask is not None, DOT_DTYPE=_dot_dtype(q.dtype),
         num_warps=num_warps, num_stages=num_stages,
@@ -247,7 +247,7 @@ def decode_attention(
     if splits > 1:
         _combine_kernel[(b * hq * s,)](
             part, lse, out, hq, *out.stride()[:3],
-            S=s, D=d, NSPLIT=splits, BLOCK_SPLIT=triton.next_power_of_2(splits),
+            splits, S=s, D=d, BLOCK_SPLIT=triton.next_power_of_2(splits),
             BLOCK_D=triton.next_power_of_2(d), num_warps=1 if d <= 128 else 2,
         )  # fmt: skip
     return out
