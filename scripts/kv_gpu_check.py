@@ -55,7 +55,13 @@ def main() -> None:
     for b, hq, hkv, s, ctx, align in [
         (16, 32, 32, 1, 1024, 4), (1, 32, 32, 1, 4096, 4), (3, 32, 8, 4, 1000, 4), (16, 32, 32, 1, 1024, 16),
     ]:  # fmt: skip
-        err = check(b, hq, hkv, s, ctx, align)
+        try:
+            err = check(b, hq, hkv, s, ctx, align)
+        except Exception as e:  # keep going: the timings below still say something
+            print(
+                f"FAIL decode b{b} Hq{hq} Hkv{hkv} S{s} ctx{ctx} align{align}: {type(e).__name__}: {e}"[:300]
+            )
+            continue
         print(
             f"{'OK  ' if err < 1e-2 else 'FAIL'} decode b{b} Hq{hq} Hkv{hkv} S{s} ctx{ctx} align{align}: rel err {err:.2e}"
         )

@@ -85,18 +85,13 @@ def write_kv(
 
 
 @triton.jit
-def _precision(dtype: tl.constexpr) -> tl.constexpr:
-    return "ieee" if dtype == tl.float32 else "tf32"  # fp32 models get fp32 products, not tf32
-
-
-@triton.jit
 def _decode_attn_kernel(
     q_ptr, k_ptr, v_ptr, m_ptr, o_ptr, part_ptr, lse_ptr,
     L, HKV, split_len, qk_scale,
     sq_b, sq_h, sq_s, rk_b, rk_h, rv_b, rv_h, sm_b, sm_h, sm_s, so_b, so_s, so_h,
     S: tl.constexpr, G: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, W: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    HAS_MASK: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    HAS_MASK: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     split = tl.program_id(1)
@@ -133,7 +128,7 @@ def _decode_attn_kernel(
         need = tl.max(ok.to(tl.int32), 0) > 0  # rows some query attends to: the only ones read
         kq = tl.load(k_rows + n[:, None] * W + d[None, :], mask=need[:, None] & d_ok[None, :], other=0)
         ks = tl.load(k_scales + n * (W // 4), mask=need, other=0.0)
-        scores = tl.dot(q, tl.trans(kq.to(DOT_DTYPE)), input_precision=_precision(DOT_DTYPE))
+        scores = tl.dot(q, tl.trans(kq.to(DOT_DTYPE)), input_precision=PRECISION)
         scores = tl.where(ok, scores * (ks * qk_scale)[None, :], float("-inf"))
         m_new = tl.maximum(m_i, tl.max(scores, 1))
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing to attend to yet
@@ -143,7 +138,7 @@ def _decode_attn_kernel(
         vq = tl.load(v_rows + n[:, None] * W + d[None, :], mask=need[:, None] & d_ok[None, :], other=0)
         vs = tl.load(v_scales + n * (W // 4), mask=need, other=0.0)
         pv = (p * vs[None, :]).to(DOT_DTYPE)
-        acc = acc * alpha[:, None] + tl.dot(pv, vq.to(DOT_DTYPE), input_precision=_precision(DOT_DTYPE))
+        acc = acc * alpha[:, None] + tl.dot(pv, vq.to(DOT_DTYPE), input_precision=PRECISION)
         m_i = m_new
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]  # a row that attends to nothing gets zeros
     if not SPLIT:
@@ -230,6 +225,7 @@ def decode_attention(
     splits = num_splits or default_splits(b * hkv, length, block_n, q.device)
     split_len = triton.cdiv(triton.cdiv(length, splits), block_n) * block_n
     splits = triton.cdiv(length, split_len)
+    dot_dtype = _dot_dtype(q.dtype)
     part = lse = out
     if splits > 1:
         part = torch.empty((b, hq, s, splits, d), dtype=torch.float32, device=q.device)
@@ -241,7 +237,8 @@ def decode_attention(
         *(mask.stride()[:3] if mask is not None else (0, 0, 0)), *out.stride()[:3],
         S=s, G=g, D=d, DP=w - align, W=w, SPLIT=splits > 1,
         BLOCK_M=max(16, triton.next_power_of_2(g * s)), BLOCK_N=block_n, BLOCK_D=max(16, triton.next_power_of_2(d)),
-        HAS_MASK=mask is not None, DOT_DTYPE=_dot_dtype(q.dtype),
+        HAS_MASK=mask is not None, DOT_DTYPE=dot_dtype,
+        PRECISION="ieee" if dot_dtype == tl.float32 else "tf32",  # fp32 models: fp32 products, not tf32
         num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     if splits > 1:
