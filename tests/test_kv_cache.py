@@ -186,7 +186,8 @@ def test_float_cache_still_uses_plain_sdpa():
     ref = _generate(model, ids)
     enable_int8_kv_cache(model)
     out = _generate(model, ids)  # no int8 cache passed: a float DynamicCache
-    assert torch.equal(out[0], ref[0]) and torch.equal(out[1], ref[1])
+    # SDPA again, given an explicit all-true mask for one-token steps instead of none: fp32 rounding
+    assert torch.equal(out[0], ref[0]) and (out[1] - ref[1]).abs().max() < 1e-5 * ref[1].abs().max()
 
 
 @pytest.mark.parametrize("name", ["mistral", "gemma2", "falcon-7b"])

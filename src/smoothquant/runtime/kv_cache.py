@@ -40,8 +40,16 @@ def attn_implementation(backend: str = "auto") -> str:
         raise KVCacheError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     name = ATTN_IMPLEMENTATION if backend == "auto" else f"{ATTN_IMPLEMENTATION}_{backend}"
     AttentionInterface.register(name, functools.partial(int8_kv_attention, backend=backend))
-    AttentionMaskInterface.register(name, sdpa_mask)
+    AttentionMaskInterface.register(name, _decode_mask)
     return name
+
+
+def _decode_mask(*args, q_length: int, allow_is_causal_skip: bool = True, **kwargs) -> torch.Tensor | None:
+    """SDPA's boolean mask, always materialized for one query: transformers skips it for
+    non-compileable caches (all keys visible), but a static cache's unwritten rows must be masked."""
+    return sdpa_mask(
+        *args, q_length=q_length, allow_is_causal_skip=allow_is_causal_skip and q_length > 1, **kwargs
+    )
 
 
 def int8_kv_attention(
@@ -119,7 +127,11 @@ def _num_layers(config) -> int:
 
 class Int8StaticLayer(StaticLayer):
     """A :class:`StaticLayer` whose preallocated keys/values are packed int8 rows
-    ``[B, H, max_cache_len, W]``; writes are one kernel at a device-side position (graph-safe)."""
+    ``[B, H, max_cache_len, W]``; writes are one kernel at a device-side position, so decode steps
+    replay in CUDA graphs. Not declared compileable: ``generate`` would otherwise wrap the forward
+    in ``torch.compile`` on CUDA, which these kernels are not tested under."""
+
+    is_compileable = False
 
     def __init__(self, max_cache_len: int, backend: str = "auto"):
         super().__init__(max_cache_len=max_cache_len)
