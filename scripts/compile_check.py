@@ -7,12 +7,14 @@ from __future__ import annotations
 import itertools
 import re
 
+import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from smoothquant.bench.gemm import sweep_configs
 from smoothquant.kernels import triton_gemm as g
+from smoothquant.kernels import triton_kv as kv
 from smoothquant.kernels import triton_quant as q
 
 TARGET = GPUTarget("cuda", 90, 32)
@@ -78,6 +80,39 @@ def main() -> None:
         num_warps=4,
     )
     print("gemm kernels OK")
+    kv_kernels()
+
+
+def kv_kernels() -> None:
+    """The INT8 KV cache's kernels: fp32/bf16 queries, with and without mask and slices, MHA and GQA."""
+    names = "q_ptr k_ptr v_ptr m_ptr o_ptr part_ptr lse_ptr L HKV split_len qk_scale sq_b sq_h sq_s rk_b rk_h rv_b rv_h sm_b sm_h sm_s so_b so_s so_h"  # fmt: skip
+    for dt, mask, split, (s, grp, d) in itertools.product(("fp32", "bf16"), (True, False), (True, False), ((1, 1, 128), (4, 4, 80))):  # fmt: skip
+        ptrs = [f"*{dt}", "*i8", "*i8", "*i8", f"*{dt}", "*fp32", "*fp32"]
+        types = ptrs + ["i32", "i32", "i32", "fp32"] + ["i32"] * 13
+        w = kv.packed_width(d, kv.KV_PACK_ALIGN)
+        dot = kv._dot_dtype(torch.float32 if dt == "fp32" else torch.bfloat16)
+        const = {"S": s, "G": grp, "D": d, "DP": w - kv.KV_PACK_ALIGN, "W": w, "SPLIT": split, "BLOCK_M": 16,
+                 "BLOCK_N": 64, "BLOCK_D": 128, "HAS_MASK": mask, "DOT_DTYPE": dot,
+                 "PRECISION": "ieee" if dt == "fp32" else "tf32"}  # fmt: skip
+        build(
+            kv._decode_attn_kernel,
+            dict(zip(names.split(), types, strict=True)),
+            const,
+            num_warps=4,
+            num_stages=2,
+        )
+    sig = {"part_ptr": "*fp32", "lse_ptr": "*fp32", "o_ptr": "*bf16", "HQ": "i32", "so_b": "i32", "so_s": "i32",
+           "so_h": "i32", "NSPLIT": "i32"}  # fmt: skip
+    build(kv._combine_kernel, sig, {"S": 1, "D": 128, "BLOCK_SPLIT": 16, "BLOCK_D": 128}, num_warps=1)
+    names = "k_ptr v_ptr kc_ptr vc_ptr start_ptr H S sk_b sk_h sk_s sv_b sv_h sv_s rkc_b rkc_h rvc_b rvc_h"
+    types = ["*bf16", "*bf16", "*i8", "*i8", "*i64"] + ["i32"] * 12
+    build(
+        kv._kv_write_kernel,
+        dict(zip(names.split(), types, strict=True)),
+        {"D": 128, "DP": 128, "W": 132, "BLOCK_D": 128},
+        num_warps=1,
+    )
+    print("kv cache kernels OK")
 
 
 if __name__ == "__main__":

@@ -61,3 +61,7 @@ class CheckpointError(SmoothQuantError):
 
 class BackendError(SmoothQuantError):
     """The INT8 runtime cannot run on the requested backend (no GPU, no Triton, wrong device)."""
+
+
+class KVCacheError(SmoothQuantError):
+    """The INT8 KV cache cannot serve this model or call (sliding windows, soft-capping...)."""

@@ -3,7 +3,8 @@
 On CUDA every forward is captured in a CUDA graph (as a serving loop would run it) and timed with
 events; prefill returns only the last position's logits (what generation needs). Decode uses a
 ``StaticCache`` filled to the context length, then times single-token steps. On CPU the wall
-clock times eager calls. W8A8 models are built the way users build them: ``quantize`` (fake
+clock times eager calls. With ``kv_caches=("float", "int8")`` every decode point is also timed with
+the INT8 KV cache (``runtime/kv_cache.py``; keys ``"b1@1024 kv8"``). W8A8 models are built the way users build them: ``quantize`` (fake
 quant) then ``runtime.convert``; smoothing is skipped, since speed does not depend on the values.
 """
 
@@ -21,7 +22,10 @@ from torch import nn
 from smoothquant.bench.timing import cpu_time_ms, cuda_time_ms
 from smoothquant.calibration import calibrate
 from smoothquant.quantization import get_scheme, quantize
-from smoothquant.runtime import convert
+from smoothquant.runtime import Int8StaticCache, convert, enable_int8_kv_cache
+from smoothquant.runtime.kv_cache import cache_bytes
+
+KV_CACHES = ("float", "int8")
 
 LLAMA_2_7B = dict(
     hidden_size=4096,
@@ -42,7 +46,10 @@ class ModelResult:
     block_weight_gb: float  # decoder blocks only: what W8A8 quantizes
     prefill_ms: dict[str, float] = field(default_factory=dict)  # "1x512" -> ms
     peak_gb: dict[str, float] = field(default_factory=dict)  # "1x512" -> GB (weights + activations)
-    decode_tok_s: dict[str, float] = field(default_factory=dict)  # "b1@1024" -> tokens/s
+    decode_tok_s: dict[str, float] = field(
+        default_factory=dict
+    )  # "b1@1024" (float cache), "b1@1024 kv8" -> tokens/s
+    kv_cache_gb: dict[str, float] = field(default_factory=dict)  # same keys -> GB of K/V held (static cache)
     notes: list[str] = field(default_factory=list)
 
 
@@ -106,6 +113,7 @@ def measure(
     prefill: list[tuple[int, int]],
     decode: list[tuple[int, int]],
     reps: int = 10,
+    kv_caches: tuple[str, ...] = ("float",),
 ) -> ModelResult:
     from transformers import StaticCache
 
@@ -130,9 +138,15 @@ def measure(
             torch.cuda.synchronize()
             res.peak_gb[f"{b}x{s}"] = (torch.cuda.max_memory_allocated() - base) / 1e9 + res.weight_gb
         res.prefill_ms[f"{b}x{s}"] = _time(fn, device, reps, res)
-    for b, ctx in decode:
+    attn = model.config._attn_implementation
+    for kind, (b, ctx) in [(k, bc) for k in kv_caches for bc in decode]:
         steps = reps + 8  # every step advances the cache: leave room for warm-up and capture
-        cache = StaticCache(config=model.config, max_cache_len=ctx + steps + 8)
+        if kind == "int8":
+            enable_int8_kv_cache(model)
+            cache = Int8StaticCache(model.config, max_cache_len=ctx + steps + 8)
+        else:
+            model.set_attn_implementation(attn)
+            cache = StaticCache(config=model.config, max_cache_len=ctx + steps + 8)
         fill = torch.randint(0, vocab, (b, ctx), device=device)
         model(input_ids=fill, use_cache=True, logits_to_keep=1, **{cache_kw: cache})
         tok = torch.randint(0, vocab, (b, 1), device=device)
@@ -141,8 +155,11 @@ def measure(
             return model(input_ids=tok, use_cache=True, **{cache_kw: cache})
 
         ms = _time(step, device, reps, res)
-        res.decode_tok_s[f"b{b}@{ctx}"] = b / ms * 1e3
+        key = f"b{b}@{ctx}" + (" kv8" if kind == "int8" else "")
+        res.decode_tok_s[key] = b / ms * 1e3
+        res.kv_cache_gb[key] = cache_bytes(cache) / 1e9
         del cache
+    model.set_attn_implementation(attn)
     return res
 
 
@@ -156,26 +173,32 @@ def run(
     baselines: tuple[torch.dtype, ...] = (),
     quantize_lm_head: bool = False,
     reps: int = 10,
+    kv_caches: tuple[str, ...] = ("float",),
     log=print,
 ) -> list[ModelResult]:
-    """Measure the floating-point model (``dtype`` and any ``baselines`` dtypes), then each scheme."""
+    """Measure the floating-point model (``dtype`` and any ``baselines`` dtypes), then each scheme;
+    decode with each of ``kv_caches`` ("float": the model's dtype, "int8")."""
     base = load_model(model_spec, device, dtype)
-    results = [measure(base, str(dtype).removeprefix("torch."), list(prefill), list(decode), reps)]
+    results = [measure(base, str(dtype).removeprefix("torch."), list(prefill), list(decode), reps, kv_caches)]
     log(format_result(results[-1]))
     for bdtype in baselines:
         other = copy.deepcopy(base).to(bdtype)
-        results.append(measure(other, str(bdtype).removeprefix("torch."), list(prefill), list(decode), reps))
+        label = str(bdtype).removeprefix("torch.")
+        results.append(measure(other, label, list(prefill), list(decode), reps, kv_caches))
         log(format_result(results[-1]))
         del other
     stats = None
     if any(not get_scheme(s).inputs.dynamic for s in schemes):
         ids = torch.randint(0, base.config.vocab_size, (2, 128), device=base.device)
         stats = calibrate(base, ids)
-    for scheme in schemes:
-        q = quantize(base, scheme, stats, quantize_lm_head=quantize_lm_head, inplace=False)
+    for i, scheme in enumerate(schemes):
+        # the last scheme quantizes the base model itself: one copy fewer (16@4096 with a bf16
+        # cache does not fit beside two copies of a 7B model on an 80 GB GPU)
+        last = i == len(schemes) - 1
+        q = quantize(base, scheme, stats, quantize_lm_head=quantize_lm_head, inplace=last)
         convert(q)
         label = scheme + ("+head" if quantize_lm_head else "")
-        results.append(measure(q, label, list(prefill), list(decode), reps))
+        results.append(measure(q, label, list(prefill), list(decode), reps, kv_caches))
         log(format_result(results[-1]))
         del q
         gc.collect()
@@ -193,18 +216,27 @@ def format_result(r: ModelResult) -> str:
 
 
 def format_table(results: list[ModelResult]) -> str:
-    """Markdown table, speedups and memory ratios against the first row."""
+    """Markdown table, speedups and memory ratios against the first row (decode with the INT8 KV
+    cache against the first row's float cache: the speed-up over the plain floating-point model)."""
     ref = results[0]
     keys_p, keys_d = list(ref.prefill_ms), list(ref.decode_tok_s)
     head = ["model", "weights GB", "blocks GB"]
     head += [f"prefill {k} ms" for k in keys_p] + [f"decode {k} tok/s" for k in keys_d]
     head += [f"peak {k} GB" for k in ref.peak_gb]
+    kv8 = any(k.endswith(" kv8") for k in keys_d)
+    if kv8:
+        head += [f"KV {k} GB" for k in keys_d]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         cells = [r.label, f"{r.weight_gb:.2f} ({ref.weight_gb / r.weight_gb:.2f}x)"]
         cells.append(f"{r.block_weight_gb:.2f} ({ref.block_weight_gb / r.block_weight_gb:.2f}x)")
         cells += [f"{r.prefill_ms[k]:.1f} ({ref.prefill_ms[k] / r.prefill_ms[k]:.2f}x)" for k in keys_p]
-        cells += [f"{r.decode_tok_s[k]:.1f} ({r.decode_tok_s[k] / ref.decode_tok_s[k]:.2f}x)" for k in keys_d]
+        cells += [
+            f"{r.decode_tok_s[k]:.1f} ({r.decode_tok_s[k] / ref.decode_tok_s[k.removesuffix(' kv8')]:.2f}x)"
+            for k in keys_d
+        ]
         cells += [f"{r.peak_gb[k]:.2f} ({ref.peak_gb[k] / r.peak_gb[k]:.2f}x)" for k in ref.peak_gb]
+        if kv8:
+            cells += [f"{r.kv_cache_gb[k]:.2f}" for k in keys_d]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

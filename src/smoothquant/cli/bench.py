@@ -30,6 +30,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--prefill", default="1x512,4x2048", help="BATCHxTOKENS, comma-separated")
     m.add_argument("--decode", default="1@1024,16@1024", help="BATCH@CONTEXT, comma-separated ('' for none)")
     m.add_argument("--quantize-lm-head", action="store_true", help="also run lm_head in INT8")
+    m.add_argument(
+        "--kv-cache",
+        default="float",
+        help="KV caches to decode with, comma-separated: float (the model's dtype), int8 (also times "
+        "the INT8 KV cache; speed-ups against the first model's float cache)",
+    )
     m.add_argument("--reps", type=int, default=10)
     m.add_argument("--json", help="write all numbers to this file")
     m.set_defaults(func=_model)
@@ -48,6 +54,16 @@ def _dtype(name: str):
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ArgumentError(f"--dtype/--baselines: {name!r} is not a floating-point torch dtype")
     return dtype
+
+
+def _kv_caches(spec: str) -> tuple[str, ...]:
+    from smoothquant.bench.model import KV_CACHES
+    from smoothquant.errors import ArgumentError
+
+    kinds = {k.strip() for k in spec.split(",") if k.strip()}
+    if not kinds <= set(KV_CACHES):
+        raise ArgumentError(f"--kv-cache: choose among {', '.join(KV_CACHES)}, not {spec!r}")
+    return tuple(k for k in KV_CACHES if k in kinds | {"float"})  # float always: the reference
 
 
 def _need_cuda() -> None:
@@ -99,6 +115,7 @@ def _model(args: argparse.Namespace) -> int:
         baselines=tuple(_dtype(d) for d in args.baselines.split(",") if d),
         quantize_lm_head=args.quantize_lm_head,
         reps=args.reps,
+        kv_caches=_kv_caches(args.kv_cache),
     )
     if args.json:
         with open(args.json, "w") as f:
