@@ -29,8 +29,11 @@ WIKITEXT = next(
 PAIRS = {"O1": False, "O2": True, "O3": True, "W8A8": False}
 
 
-def configs(schemes: list[str], grid: list[float], extra: list[str], rounding: str, auto: str):
-    """``auto``: which auto rows, ``both`` (norm groups only, and with linear pairs) or ``pairs``."""
+def configs(
+    schemes: list[str], grid: list[float], extra: list[str], rounding: str, auto: str, flip: bool = True
+):
+    """``auto``: which auto rows, ``both`` (norm groups only, and with linear pairs) or ``pairs``;
+    ``flip``: also alpha 0.5 with the other linear-pairs setting."""
     from smoothquant.evaluation.runner import Config
     from smoothquant.quantization import get_scheme
 
@@ -47,7 +50,7 @@ def configs(schemes: list[str], grid: list[float], extra: list[str], rounding: s
             out.append(
                 Config(f"{scheme} a={a:g}{' pairs' if pairs else ''}{tag}", scheme, a, pairs, rounding)
             )
-        if 0.5 in grid:
+        if flip and 0.5 in grid:
             out.append(
                 Config(f"{scheme} a=0.5{'' if pairs else ' pairs'}{tag}", scheme, 0.5, not pairs, rounding)
             )
@@ -74,7 +77,7 @@ def measure(args: argparse.Namespace) -> None:
     calib = calibration_batches(tokenizer, "wikitext2", args.calib_samples, 512, data_dir=WIKITEXT)
     extra = [e for e in args.extra.split(",") if e]
     grid = [float(a) for a in args.grid.split(",")]
-    rows = configs(args.schemes.split(","), grid, extra, args.rounding, args.auto)
+    rows = configs(args.schemes.split(","), grid, extra, args.rounding, args.auto, not args.no_flip)
     results = run(model, rows, windows, calib, progress=not args.no_progress)
     print(format_table(results))
     meta = {
@@ -137,6 +140,7 @@ def main() -> None:
     p.add_argument(
         "--auto", default="both", choices=["both", "pairs"], help="auto rows: with and without pairs, or with"
     )
+    p.add_argument("--no-flip", action="store_true", help="no alpha-0.5 row with the other pairs setting")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.add_argument("--json", type=Path, help="write the rows here")
     p.add_argument("--table", type=Path, nargs="+", help="print the summary of these result files")

@@ -87,12 +87,30 @@ def test_quantize_command_with_automatic_alpha(tiny_checkpoint, capsys, tmp_path
     assert sq.alphas_from_recipe(recipe) == recipe["alpha"]
 
 
+def test_gptq_rounding_changes_integers_not_the_format(tiny_checkpoint, capsys, tmp_path):
+    common = ["--calib", str(tiny_checkpoint / "calib.txt"), "--scheme", "o1", "--num-samples", "4"]
+    loaded = {}
+    for rounding in ("nearest", "gptq"):
+        out = tmp_path / rounding
+        args = ["quantize", str(tiny_checkpoint / "model"), "-o", str(out), *common, "--seq-len", "32"]
+        code, _, stderr = _run([*args, "--rounding", rounding], capsys)
+        assert code == 0, stderr
+        assert json.loads((out / "smoothquant_recipe.json").read_text())["weight_rounding"] == rounding
+        loaded[rounding] = sq.load(out, backend=None).model.layers[1].mlp.down_proj
+    near, gptq = loaded["nearest"], loaded["gptq"]
+    assert torch.equal(near.weight_scale, gptq.weight_scale)  # same scales: nothing clipped
+    changed = (near.qweight != gptq.qweight).float().mean().item()
+    assert 0.01 < changed < 0.9, changed  # GPTQ moves a share of the integers, by one step mostly
+    assert (near.qweight.int() - gptq.qweight.int()).abs().float().mean() < 1.0
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
         (["--alpha", "1.5"], "--alpha must be in [0, 1]"),
         (["--alpha", "half"], "--alpha must be a number in [0, 1] or 'auto'"),
         (["--num-samples", "0"], "--num-samples must be at least 1"),
+        (["--layerwise", "--rounding", "gptq"], "--rounding gptq is not implemented with --layerwise"),
     ],
 )
 def test_bad_arguments_are_one_line_errors(tiny_checkpoint, capsys, tmp_path, extra, message):

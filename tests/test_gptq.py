@@ -123,7 +123,7 @@ def test_gptq_rounding_bad_input() -> None:
     model = tiny_model("llama", dtype=torch.float32)
     with pytest.raises(CalibrationError, match="calibration data"):
         sq.quantize_model(model, None, "w8a8", weight_rounding="gptq", progress=False)
-    with pytest.raises(QuantizationError, match="LLM.int8"):
+    with pytest.raises(QuantizationError, match=r"LLM\.int8"):
         sq.quantize_model(model, tiny_batches(), "llm.int8", weight_rounding="gptq", progress=False)
     with pytest.raises(QuantizationError, match="weight rounding must be"):
         sq.quantize_model(model, tiny_batches(), "w8a8", weight_rounding="stochastic", progress=False)
