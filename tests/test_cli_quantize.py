@@ -110,7 +110,6 @@ def test_gptq_rounding_changes_integers_not_the_format(tiny_checkpoint, capsys, 
         (["--alpha", "1.5"], "--alpha must be in [0, 1]"),
         (["--alpha", "half"], "--alpha must be a number in [0, 1] or 'auto'"),
         (["--num-samples", "0"], "--num-samples must be at least 1"),
-        (["--layerwise", "--rounding", "gptq"], "--rounding gptq is not implemented with --layerwise"),
     ],
 )
 def test_bad_arguments_are_one_line_errors(tiny_checkpoint, capsys, tmp_path, extra, message):
@@ -133,8 +132,10 @@ def test_inexpressible_schemes_are_not_offered(capsys, tmp_path):
     assert "invalid choice" in capsys.readouterr().err
 
 
-def test_layerwise_writes_the_same_checkpoint(tiny_checkpoint, capsys, tmp_path):
+@pytest.mark.parametrize("rounding", ["nearest", "gptq"])
+def test_layerwise_writes_the_same_checkpoint(tiny_checkpoint, capsys, tmp_path, rounding):
     common = ["--calib", str(tiny_checkpoint / "calib.txt"), "--num-samples", "4", "--seq-len", "32"]
+    common += ["--rounding", rounding]
     model = str(tiny_checkpoint / "model")
     code, _, stderr = _run(["quantize", model, "-o", str(tmp_path / "memory"), *common], capsys)
     assert code == 0, stderr

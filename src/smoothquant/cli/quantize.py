@@ -114,8 +114,6 @@ def _quantize(args: argparse.Namespace) -> int:
         )
         print("\n".join(summary.lines()))
         return 0
-    if args.rounding != "nearest":
-        raise ArgumentError("--rounding gptq is not implemented with --layerwise yet; drop one of them")
     print("\n".join(_layerwise(args, alpha).lines()))
     return 0
 
@@ -166,4 +164,5 @@ def _layerwise(args: argparse.Namespace, alpha: float):
         tokenizer=tokenizer,
         recipe=recipe,
         force=args.force,
+        weight_rounding=args.rounding,
     )

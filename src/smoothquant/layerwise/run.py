@@ -47,6 +47,7 @@ from torch import nn
 from smoothquant.calibration import ActStats
 from smoothquant.calibration.batches import Batches, make_batches, sequences
 from smoothquant.calibration.calibrate import calibration_rows, collect, observing, vocab_size
+from smoothquant.calibration.hessians import hessian_hooks, hessians_of
 from smoothquant.errors import ArgumentError, CalibrationError, CheckpointError, DiskSpaceError
 from smoothquant.export import compressed_tensors as ct
 from smoothquant.export.atomic import check_free_space, check_output, publish
@@ -67,6 +68,7 @@ from smoothquant.layerwise.resume import Manifest
 from smoothquant.nn_utils import compute_dtype, set_submodule
 from smoothquant.pipeline import QuantizationResult
 from smoothquant.quantization import Scheme, get_scheme
+from smoothquant.quantization.gptq import check_rounding
 from smoothquant.quantization.apply import (
     check_static_coverage,
     quantization_targets,
@@ -245,8 +247,10 @@ class _Job:
         offload: bool,
         tokenizer: Any,
         progress: bool,
+        weight_rounding: str = "nearest",
     ) -> None:
         self.scheme = scheme = get_scheme(scheme)
+        self.weight_rounding = check_rounding(weight_rounding, scheme.outlier_threshold)
         ct.check_exportable(scheme)
         if scheme.needs_token_histograms:
             raise ArgumentError(
@@ -320,6 +324,7 @@ class _Job:
             "scheme": dataclasses.asdict(scheme),
             "alpha": dict(alpha) if isinstance(alpha, Mapping) else alpha,
             "linear_pairs": self.linear_pairs,
+            "weight_rounding": weight_rounding,
             "search": None if self.options is None else {**self.options, "grid": list(self.options["grid"])},
             "calibration": _rows_digest(self.rows, batch_size),
             "search_calibration": _rows_digest(search_rows, self.options["batch_size"])
@@ -496,9 +501,14 @@ class _Job:
             stats, record["alpha"] = smooth_groups(
                 groups, stats, alphas, compute_dtype(self.dtype), self.method
             )
-        replacements = quantized_replacements(
-            {n: m for n, m in self.targets.items() if mine(n)}, self.scheme, stats, set()
-        )
+        targets = {n: m for n, m in self.targets.items() if mine(n)}
+        hessians = None
+        if self.weight_rounding == "gptq" and self.batches:
+            # the smoothed block on the same inputs: its linears' inputs, as in the whole model
+            with hessian_hooks(block, targets, prefix=name) as observers:
+                _run_block(block, hidden, calls, self.device, None, keep=False)
+            hessians = hessians_of(observers)
+        replacements = quantized_replacements(targets, self.scheme, stats, set(), hessians=hessians)
         for n, m in replacements.items():
             set_submodule(self.model, n, m)
             self.targets[n].to("meta")  # the float linear it replaces (still referenced here)
@@ -527,7 +537,15 @@ class _Job:
             tokens = sum(b.numel() for b in self.batches)
             stats = ActStats(meta={"num_tokens": tokens, "num_sequences": len(self.rows)})
         result = QuantizationResult(
-            self.model, self.scheme, stats, None, applied, {}, self.linear_pairs, self.search
+            self.model,
+            self.scheme,
+            stats,
+            None,
+            applied,
+            {},
+            self.linear_pairs,
+            self.search,
+            self.weight_rounding,
         )
         base = result.recipe()
         extra = dict(recipe or {})
@@ -562,6 +580,7 @@ def quantize_checkpoint(
     tokenizer: Any = None,
     recipe: dict[str, Any] | None = None,
     force: bool = False,
+    weight_rounding: str = "nearest",
     progress: bool = True,
 ) -> LayerwiseSummary:
     """Quantize the safetensors checkpoint folder ``src`` one decoder block at a time and write a
@@ -570,7 +589,8 @@ def quantize_checkpoint(
     model loaded in ``dtype``, in the memory of about one block plus the calibration activations.
 
     Arguments are those of :func:`quantize_model` (``calibration``, ``scheme``, ``alpha`` including
-    ``"auto"``, ``linear_pairs``, ``search_options``, ``seq_len``, ``batch_size``, ``num_samples``)
+    ``"auto"``, ``linear_pairs``, ``search_options``, ``seq_len``, ``batch_size``, ``num_samples``,
+    ``weight_rounding``: GPTQ's Hessians are measured per block, one block's at a time)
     and :func:`save_quantized` (``tokenizer``, by default the one in ``src`` if any; ``recipe``
     entries, a ``"calibration"`` entry being merged with the measured counts; ``force``).
     ``dtype``: the dtype to compute and write floats in (default: the checkpoint's). ``device``:
@@ -598,6 +618,7 @@ def quantize_checkpoint(
         offload_activations,
         tokenizer,
         progress,
+        weight_rounding,
     )
     partial = target.parent / f".{target.name}.partial"
     existing = sum(p.stat().st_size for p in partial.iterdir() if p.is_file()) if partial.is_dir() else 0
