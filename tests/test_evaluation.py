@@ -107,6 +107,15 @@ def test_bad_windows_are_refused():
         reference_pass(model, torch.full((1, 8), VOCAB, dtype=torch.long), progress=False)
 
 
+def test_gptq_rounding_rows_smoothquant_only():
+    configs = parse_configs(["naive", "zeroquant", "llm.int8", "O1", "w8a8"], 0.5, rounding="gptq")
+    assert [c.rounding for c in configs] == ["nearest"] * 3 + ["gptq"] * 2
+    assert configs[3].describe()["weight_rounding"] == "gptq"
+    assert "weight_rounding" not in configs[0].describe()
+    with pytest.raises(sq.SmoothQuantError, match="weight rounding must be"):
+        parse_configs(["O1"], rounding="adaround")
+
+
 def test_runner_rows_share_one_reference_and_leave_the_model_alone(tmp_path):
     model = tiny_model("llama", torch.float32)
     windows, calib = _windows(2, 32), _windows(4, 32, seed=9)
