@@ -68,12 +68,12 @@ from smoothquant.layerwise.resume import Manifest
 from smoothquant.nn_utils import compute_dtype, set_submodule
 from smoothquant.pipeline import QuantizationResult
 from smoothquant.quantization import Scheme, get_scheme
-from smoothquant.quantization.gptq import check_rounding
 from smoothquant.quantization.apply import (
     check_static_coverage,
     quantization_targets,
     quantized_replacements,
 )
+from smoothquant.quantization.gptq import check_rounding
 from smoothquant.search.alpha import (
     AlphaSearch,
     BlockSearch,
