@@ -3,9 +3,9 @@
 On CUDA every forward is captured in a CUDA graph (as a serving loop would run it) and timed with
 events; prefill returns only the last position's logits (what generation needs). Decode uses a
 ``StaticCache`` filled to the context length, then times single-token steps. On CPU the wall
-clock times eager calls. With ``kv_caches=("float", "int8")`` every decode point is also timed with
-the INT8 KV cache (``runtime/kv_cache.py``; keys ``"b1@1024 kv8"``). W8A8 models are built the way users build them: ``quantize`` (fake
-quant) then ``runtime.convert``; smoothing is skipped, since speed does not depend on the values.
+clock times eager calls. With ``kv_caches=("float", "int8")`` every decode point is also timed
+with the INT8 KV cache (``runtime/kv_cache.py``; keys ``"b1@1024 kv8"``). W8A8 models are built
+the way users build them: ``quantize`` (fake quant) then ``runtime.convert``; smoothing is skipped, since speed does not depend on the values.
 """
 
 from __future__ import annotations
@@ -46,9 +46,8 @@ class ModelResult:
     block_weight_gb: float  # decoder blocks only: what W8A8 quantizes
     prefill_ms: dict[str, float] = field(default_factory=dict)  # "1x512" -> ms
     peak_gb: dict[str, float] = field(default_factory=dict)  # "1x512" -> GB (weights + activations)
-    decode_tok_s: dict[str, float] = field(
-        default_factory=dict
-    )  # "b1@1024" (float cache), "b1@1024 kv8" -> tokens/s
+    # "b1@1024" (float cache), "b1@1024 kv8" (INT8 cache) -> tokens/s
+    decode_tok_s: dict[str, float] = field(default_factory=dict)
     kv_cache_gb: dict[str, float] = field(default_factory=dict)  # same keys -> GB of K/V held (static cache)
     notes: list[str] = field(default_factory=list)
 

@@ -24,7 +24,6 @@ class _Hessian:
 
     def __init__(self) -> None:
         self.h: torch.Tensor | None = None
-        self.tokens = 0
 
     def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
         x = args[0].detach()
@@ -33,7 +32,6 @@ class _Hessian:
             return
         xtx = x.T @ x
         self.h = xtx if self.h is None else self.h.add_(xtx)
-        self.tokens += x.shape[0]
 
 
 @contextlib.contextmanager

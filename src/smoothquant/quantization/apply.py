@@ -96,11 +96,11 @@ def quantized_replacements(
     hessians: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, FakeQuantLinear]:
     """The ``FakeQuantLinear`` of every target (``bmm``: the targets that feed attention BMMs), all
-        built and checked before any is used. Static schemes read the absmax of each target's input
-        (and output) from ``stats``, which must have been measured at smoothing state ``smoothing``
-        (the model's :func:`smoothing_id`, when known). ``hessians`` (``X^T X`` of targets' inputs, from
-    :func:`~smoothquant.quantization.gptq.collect_hessians`): those targets' weights are rounded by
-    GPTQ instead of to nearest. Works on a whole model or on one decoder block."""
+    built and checked before any is used. Static schemes read the absmax of each target's input
+    (and output) from ``stats``, which must have been measured at smoothing state ``smoothing``
+    (the model's :func:`smoothing_id`, when known). ``hessians`` (``X^T X`` of targets' inputs, from
+    :func:`~smoothquant.calibration.collect_hessians`): those targets' weights are rounded by GPTQ
+    instead of to nearest. Works on a whole model or on one decoder block."""
     static_in = not scheme.inputs.dynamic
     static_out = scheme.outputs is not None and not scheme.outputs.dynamic
     if static_in or static_out:
@@ -139,12 +139,6 @@ def quantized_replacements(
         )
     if hessians:
         check_rounding("gptq", scheme.outlier_threshold)
-        for name, h in hessians.items():
-            if name in targets and h.shape[0] != in_out_features(targets[name])[0]:
-                raise QuantizationError(
-                    f"{name}: its hessian is {tuple(h.shape)} but the linear has "
-                    f"{in_out_features(targets[name])[0]} inputs; it belongs to another model"
-                )
         weights = {n: (weight_oi(targets[n]), replacements[n].weight_scale) for n in targets}
         for name, q in round_weights(weights, scheme.weights, hessians).items():
             replacements[name].qweight.copy_(q)

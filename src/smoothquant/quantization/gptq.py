@@ -11,8 +11,9 @@ no weight is clipped), the same int8 integers in [-127, 127]; only which integer
 rounds to. Any runtime or export that reads our checkpoints runs the result unchanged.
 
 The Hessians come from one extra pass over the calibration data through the *smoothed* model
-(:func:`smoothquant.calibration.collect_hessians`); they cost ``in_features^2`` floats per linear, so in-memory use on
-7B-class models needs room for them (about 0.7 GB per Llama-2-7B block).
+(:func:`smoothquant.calibration.collect_hessians`); they cost ``in_features^2`` floats per
+linear, so in-memory use on 7B-class models needs room for them (about 0.7 GB per Llama-2-7B
+block).
 """
 
 from __future__ import annotations
@@ -138,6 +139,13 @@ def round_weights(
 ) -> dict[str, torch.Tensor]:
     """GPTQ integers for every ``name -> (weight [out, in], scale)`` that has a Hessian."""
     known = {n: h for n, h in hessians.items() if n in weights}
+    for name, h in known.items():
+        in_f = weights[name][0].shape[1]
+        if h.shape != (in_f, in_f):
+            raise QuantizationError(
+                f"{name}: its hessian is {tuple(h.shape)} but the linear has {in_f} inputs; it "
+                "belongs to another model"
+            )
     out = {}
     for names in shared_inputs(known):
         ws = [weights[n][0].detach().float() for n in names]
