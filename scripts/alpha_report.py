@@ -3,6 +3,10 @@
     PYTHONPATH=src python scripts/alpha_report.py --model smollm2-135m --windows 16 \\
         --grid 0.3,0.4,0.5,0.6,0.7,0.8 --json docs/bench/auto-smollm2-135m.json
     python scripts/alpha_report.py --table docs/bench/auto-*.json      # the Markdown summary
+    python3 scripts/alpha_report.py --model /tmp/ck/gemma/gemma-3-270m-q4_k_m.gguf \
+        --tokenizer /tmp/ck/gemma-tok --name gemma3-270m --device cuda --data-dir /tmp/ck/wikitext-2 \
+        --windows 64 --grid 0.4,0.5,0.6,0.7,0.8 --rounding gptq --auto both --no-flip \
+        --json docs/bench/auto-gemma3-270m-gptq-h200.json   # on the GPU machine (docs/auto-alpha.md)
 
 One run evaluates, against one floating-point pass and one calibration (WikiText-2: ``valid`` for
 calibration, ``test`` for evaluation, non-overlapping windows): FP, naive W8A8, and for each
@@ -70,24 +74,31 @@ def measure(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    model, tokenizer = load_model(args.model)
-    windows = eval_windows(
-        tokenizer, "wikitext2", args.seq_len, args.windows * args.seq_len, data_dir=WIKITEXT
-    )
-    calib = calibration_batches(tokenizer, "wikitext2", args.calib_samples, 512, data_dir=WIKITEXT)
+    model, tokenizer = load_model(args.model, device=args.device)
+    if args.tokenizer:  # e.g. one saved by a newer transformers that converts GGUF tokenizers right
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    data = args.data_dir or WIKITEXT
+    windows = eval_windows(tokenizer, "wikitext2", args.seq_len, args.windows * args.seq_len, data_dir=data)
+    calib = calibration_batches(tokenizer, "wikitext2", args.calib_samples, 512, data_dir=data)
     extra = [e for e in args.extra.split(",") if e]
     grid = [float(a) for a in args.grid.split(",")]
     rows = configs(args.schemes.split(","), grid, extra, args.rounding, args.auto, not args.no_flip)
     results = run(model, rows, windows, calib, progress=not args.no_progress)
     print(format_table(results))
     meta = {
-        "model": args.model,
+        "model": args.name or args.model,
         "data": "wikitext2 test",
         "seq_len": args.seq_len,
         "windows": int(windows.shape[0]),
         "calibration": {"data": "wikitext2 valid", "shape": list(calib.shape)},
         "weight_rounding": args.rounding,
-        "machine": f"{platform.machine()} {platform.processor() or ''}, {torch.get_num_threads()} threads",
+        "machine": (
+            torch.cuda.get_device_name()
+            if args.device.startswith("cuda")
+            else f"{platform.machine()} {platform.processor() or ''}, {torch.get_num_threads()} threads"
+        ),
         "total_seconds": round(time.perf_counter() - start, 1),
     }
     print(f"wrote {write_results(results, args.json, meta)}")
@@ -141,6 +152,10 @@ def main() -> None:
         "--auto", default="both", choices=["both", "pairs"], help="auto rows: with and without pairs, or with"
     )
     p.add_argument("--no-flip", action="store_true", help="no alpha-0.5 row with the other pairs setting")
+    p.add_argument("--device", default="cpu", help="where the model runs, e.g. cuda")
+    p.add_argument("--data-dir", type=Path, help="the wikitext-2 folder (default: ../shared/data/wikitext-2)")
+    p.add_argument("--tokenizer", type=Path, help="a tokenizer folder to use instead of the model's")
+    p.add_argument("--name", help="the model's name in the results (default: --model)")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.add_argument("--json", type=Path, help="write the rows here")
     p.add_argument("--table", type=Path, nargs="+", help="print the summary of these result files")

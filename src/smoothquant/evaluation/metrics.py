@@ -94,7 +94,8 @@ def _softcap(model: nn.Module) -> float | None:
 
 
 def _apply_head(head: nn.Module, softcap: float | None, hidden: torch.Tensor) -> torch.Tensor:
-    logits = head(hidden.to(next(head.parameters()).dtype)).float()
+    w = next(head.parameters())  # hidden states are kept on the CPU; the head may be on a GPU
+    logits = head(hidden.to(device=w.device, dtype=w.dtype)).float()
     return logits if softcap is None else torch.tanh(logits / softcap) * softcap
 
 
