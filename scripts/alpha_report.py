@@ -3,10 +3,12 @@
     PYTHONPATH=src python scripts/alpha_report.py --model smollm2-135m --windows 16 \\
         --grid 0.3,0.4,0.5,0.6,0.7,0.8 --json docs/bench/auto-smollm2-135m.json
     python scripts/alpha_report.py --table docs/bench/auto-*.json      # the Markdown summary
-    python3 scripts/alpha_report.py --model /tmp/ck/gemma/gemma-3-270m-q4_k_m.gguf \
-        --tokenizer /tmp/ck/gemma-tok --name gemma3-270m --device cuda --data-dir /tmp/ck/wikitext-2 \
-        --windows 64 --grid 0.4,0.5,0.6,0.7,0.8 --rounding gptq --auto both --no-flip \
-        --json docs/bench/auto-gemma3-270m-gptq-h200.json   # on the GPU machine (docs/auto-alpha.md)
+    # on a GPU machine, from a copied .gguf, wikitext-2 folder and tokenizer folder (one saved
+    # by transformers >= 5.24: 5.17 converts Gemma's GGUF tokenizer wrongly)
+    python3 scripts/alpha_report.py --model gemma-3-270m-q4_k_m.gguf --tokenizer gemma-tok \\
+        --name gemma3-270m --device cuda --data-dir wikitext-2 --windows 64 \\
+        --grid 0.4,0.5,0.6,0.7,0.8 --rounding gptq --auto both --no-flip \\
+        --json docs/bench/auto-gemma3-270m-gptq-h200.json
 
 One run evaluates, against one floating-point pass and one calibration (WikiText-2: ``valid`` for
 calibration, ``test`` for evaluation, non-overlapping windows): FP, naive W8A8, and for each

@@ -73,8 +73,7 @@ def main() -> None:
             n += ids[:, 1:].numel()
         return math.exp(nll / n)
 
-    with torch.no_grad():
-        stats = calibrate(model, calib, progress=False, forward=runner(copy.deepcopy(model)))
+    stats = calibrate(model, calib, progress=False, forward=runner(copy.deepcopy(model)))
     quantized = copy.deepcopy(model)
     smoothed_stats = smooth(quantized, stats, alpha=args.alpha, linear_pairs=True)
     # the prefix cache must come from the smoothed model: v -> o smoothing rescales V

@@ -5,7 +5,8 @@ events; prefill returns only the last position's logits (what generation needs).
 ``StaticCache`` filled to the context length, then times single-token steps. On CPU the wall
 clock times eager calls. With ``kv_caches=("float", "int8")`` every decode point is also timed
 with the INT8 KV cache (``runtime/kv_cache.py``; keys ``"b1@1024 kv8"``). W8A8 models are built
-the way users build them: ``quantize`` (fake quant) then ``runtime.convert``; smoothing is skipped, since speed does not depend on the values.
+the way users build them: ``quantize`` (fake quant) then ``runtime.convert``; smoothing is
+skipped, since speed does not depend on the values.
 """
 
 from __future__ import annotations
