@@ -36,7 +36,13 @@ PAIRS = {"O1": False, "O2": True, "O3": True, "W8A8": False}
 
 
 def configs(
-    schemes: list[str], grid: list[float], extra: list[str], rounding: str, auto: str, flip: bool = True
+    schemes: list[str],
+    grid: list[float],
+    extra: list[str],
+    rounding: str,
+    auto: str,
+    flip: bool = True,
+    ranges: str = "absmax",
 ):
     """``auto``: which auto rows, ``both`` (norm groups only, and with linear pairs) or ``pairs``;
     ``flip``: also alpha 0.5 with the other linear-pairs setting."""
@@ -44,25 +50,35 @@ def configs(
     from smoothquant.quantization import get_scheme
 
     out = [Config("FP"), Config("naive", "naive")]
-    tag = "" if rounding == "nearest" else f" {rounding}"
+    tag = ("" if rounding == "nearest" else f" {rounding}") + ("" if ranges == "absmax" else f" {ranges}")
     for name in extra:  # more rows for the model's evaluation table, alpha 0.5
         scheme = get_scheme(name).name
         r = rounding if get_scheme(name).migration == "smoothquant" else "nearest"
-        out.append(Config(scheme + tag, scheme, 0.5, PAIRS.get(scheme, False), r))
+        rg = ranges if get_scheme(name).migration == "smoothquant" else "absmax"
+        out.append(Config(scheme + tag, scheme, 0.5, PAIRS.get(scheme, False), r, rg))
     for name in schemes:
         scheme = get_scheme(name).name
         pairs = PAIRS.get(scheme, False)
         for a in grid:
             out.append(
-                Config(f"{scheme} a={a:g}{' pairs' if pairs else ''}{tag}", scheme, a, pairs, rounding)
+                Config(
+                    f"{scheme} a={a:g}{' pairs' if pairs else ''}{tag}", scheme, a, pairs, rounding, ranges
+                )
             )
         if flip and 0.5 in grid:
             out.append(
-                Config(f"{scheme} a=0.5{'' if pairs else ' pairs'}{tag}", scheme, 0.5, not pairs, rounding)
+                Config(
+                    f"{scheme} a=0.5{'' if pairs else ' pairs'}{tag}",
+                    scheme,
+                    0.5,
+                    not pairs,
+                    rounding,
+                    ranges,
+                )
             )
         if auto == "both":
-            out.append(Config(f"{scheme} auto{tag}", scheme, "auto", False, rounding))
-        out.append(Config(f"{scheme} auto pairs{tag}", scheme, "auto", True, rounding))
+            out.append(Config(f"{scheme} auto{tag}", scheme, "auto", False, rounding, ranges))
+        out.append(Config(f"{scheme} auto pairs{tag}", scheme, "auto", True, rounding, ranges))
     return out
 
 
@@ -86,7 +102,9 @@ def measure(args: argparse.Namespace) -> None:
     calib = calibration_batches(tokenizer, "wikitext2", args.calib_samples, 512, data_dir=data)
     extra = [e for e in args.extra.split(",") if e]
     grid = [float(a) for a in args.grid.split(",")]
-    rows = configs(args.schemes.split(","), grid, extra, args.rounding, args.auto, not args.no_flip)
+    rows = configs(
+        args.schemes.split(","), grid, extra, args.rounding, args.auto, not args.no_flip, args.ranges
+    )
     results = run(model, rows, windows, calib, progress=not args.no_progress)
     print(format_table(results))
     meta = {
@@ -96,6 +114,7 @@ def measure(args: argparse.Namespace) -> None:
         "windows": int(windows.shape[0]),
         "calibration": {"data": "wikitext2 valid", "shape": list(calib.shape)},
         "weight_rounding": args.rounding,
+        "ranges": args.ranges,
         "machine": (
             torch.cuda.get_device_name()
             if args.device.startswith("cuda")
@@ -132,6 +151,8 @@ def table(paths: list[Path]) -> str:
             norm = cell(auto[False]["perplexity"]) if False in auto else "-"
             secs = " / ".join(f"{auto[k]['alpha_search']['seconds']:.0f}" for k in (False, True) if k in auto)
             rounding = meta.get("weight_rounding", "nearest")
+            if meta.get("ranges", "absmax") != "absmax":
+                rounding += f", {meta['ranges']} ranges"
             lines.append(
                 f"| {meta['model']} | {rounding} | {meta['windows'] * meta['seq_len']:,} | {scheme} | {fp:.2f} "
                 f"| {cell(naive)} | {cell(best['perplexity'])} at {best['alpha']:g}{pairs} "
@@ -150,6 +171,7 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--calib-samples", type=int, default=32, help="calibration windows of 512 tokens")
     p.add_argument("--rounding", default="nearest", choices=["nearest", "gptq"], help="weight rounding")
+    p.add_argument("--ranges", default="absmax", choices=["absmax", "search"], help="quantization ranges")
     p.add_argument(
         "--auto", default="both", choices=["both", "pairs"], help="auto rows: with and without pairs, or with"
     )

@@ -104,6 +104,22 @@ def test_gptq_rounding_changes_integers_not_the_format(tiny_checkpoint, capsys, 
     assert (near.qweight.int() - gptq.qweight.int()).abs().float().mean() < 1.0
 
 
+def test_searched_ranges_clip_scales_and_are_recorded(tiny_checkpoint, capsys, tmp_path):
+    out = tmp_path / "search"
+    args = ["quantize", str(tiny_checkpoint / "model"), "-o", str(out), "--scheme", "o3", "--seq-len", "32"]
+    args += ["--calib", str(tiny_checkpoint / "calib.txt"), "--num-samples", "4", "--rounding", "gptq"]
+    code, _, stderr = _run([*args, "--ranges", "search"], capsys)
+    assert code == 0, stderr
+    recipe = json.loads((out / "smoothquant_recipe.json").read_text())
+    assert recipe["ranges"] == "search" and recipe["input_clip"]
+    assert all(0.5 <= c <= 1.0 for c in recipe["input_clip"].values())
+    assert sq.load(out, backend=None).model.layers[1].mlp.down_proj.input_scale is not None
+    code, _, stderr = _run(
+        [*args[:3], str(tmp_path / "lw"), *args[4:], "--ranges", "search", "--layerwise"], capsys
+    )
+    assert code == 2 and "--layerwise" in stderr and "Traceback" not in stderr
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

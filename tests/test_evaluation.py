@@ -116,6 +116,12 @@ def test_gptq_rounding_rows_smoothquant_only():
         parse_configs(["O1"], rounding="adaround")
 
 
+def test_searched_ranges_rows_smoothquant_only():
+    configs = parse_configs(["naive", "O3", "w8a8"], 0.5, rounding="gptq", ranges="search")
+    assert [c.ranges for c in configs] == ["absmax", "search", "search"]
+    assert configs[1].describe()["ranges"] == "search" and "ranges" not in configs[0].describe()
+
+
 def test_runner_rows_share_one_reference_and_leave_the_model_alone(tmp_path):
     model = tiny_model("llama", torch.float32)
     windows, calib = _windows(2, 32), _windows(4, 32, seed=9)

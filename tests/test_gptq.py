@@ -79,8 +79,9 @@ def test_dead_inputs_and_shared_hessians() -> None:
     stacked = round_weights(weights, spec, {n: h.clone() for n in ws})
     for n, (w, scale) in weights.items():
         alone = gptq_round(w, h, column_scales(scale, spec, *w.shape))
-        assert torch.equal(stacked[n], alone)
-        assert (stacked[n][:, 4] == 0).all()
+        assert torch.equal(stacked[n][0], alone)
+        assert torch.equal(stacked[n][1], scale)  # no search: the absmax scale is kept
+        assert (stacked[n][0][:, 4] == 0).all()
 
 
 def test_collect_hessians_is_xtx_of_the_linear_input() -> None:

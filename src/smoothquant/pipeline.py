@@ -16,12 +16,15 @@ from torch import nn
 
 from smoothquant.calibration import ActStats, calibrate, collect_hessians
 from smoothquant.calibration.batches import Batches
+from smoothquant.calibration.clip import search_input_clip
 from smoothquant.errors import ArgumentError, CalibrationError
 from smoothquant.quantization import Scheme, get_scheme, quantization_targets, quantize
 from smoothquant.quantization.gptq import check_rounding
 from smoothquant.search import AlphaSearch, search_alpha
 from smoothquant.smoothing import smooth
 from smoothquant.smoothing.smooth import Alpha
+
+RANGES = ("absmax", "search")
 
 
 @dataclass
@@ -35,6 +38,8 @@ class QuantizationResult:
     linear_pairs: bool = False
     search: AlphaSearch | None = None
     weight_rounding: str = "nearest"
+    ranges: str = "absmax"
+    input_clip: dict[str, float] = field(default_factory=dict)
 
     def recipe(self) -> dict[str, Any]:
         """What was applied, JSON-serialisable (scheme, alpha per group, calibration size).
@@ -55,6 +60,8 @@ class QuantizationResult:
             "linear_pairs": self.linear_pairs,
             "alpha_search": self.search.to_recipe() if self.search else None,
             "weight_rounding": self.weight_rounding,
+            "ranges": self.ranges,
+            "input_clip": self.input_clip,
             "calibration": {k: self.stats.meta.get(k) for k in ("num_tokens", "num_sequences")}
             if self.stats
             else None,
@@ -76,6 +83,7 @@ def quantize_model(
     quantize_bmm_inputs: bool = False,
     quantize_lm_head: bool = False,
     weight_rounding: Literal["nearest", "gptq"] = "nearest",
+    ranges: Literal["absmax", "search"] = "absmax",
     progress: bool = True,
 ) -> QuantizationResult:
     """Calibrate (unless ``stats`` are given), smooth as the scheme says, and quantize in place.
@@ -88,9 +96,22 @@ def quantize_model(
     switch each of them off, and to False with a given alpha, as in the paper.
     ``weight_rounding="gptq"``: round weights to minimise each linear's output error on the
     calibration data (:mod:`smoothquant.quantization.gptq`; one more pass over it) instead of to
-    nearest; same format, same scales.
+    nearest; same format. ``ranges="search"``: scales below the absmax where they lower the error
+    on the calibration data, per linear: static input ranges (one more pass,
+    :func:`~smoothquant.calibration.clip.search_input_clip`) and, with GPTQ rounding, weight scales
+    (:func:`~smoothquant.quantization.gptq.search_scale`); ``"absmax"`` (default) keeps the paper's
+    ranges. Same format either way.
     """
     check_rounding(weight_rounding, get_scheme(scheme).outlier_threshold)
+    if ranges not in RANGES:
+        raise ArgumentError(f"ranges must be one of {', '.join(RANGES)}, not {ranges!r}")
+    if ranges == "search" and calibration is None:
+        raise CalibrationError("ranges='search' measures the calibration data: pass it")
+    if ranges == "search" and get_scheme(scheme).needs_token_histograms:
+        raise ArgumentError(
+            f"scheme {get_scheme(scheme).name} already clips its static ranges at a token quantile; "
+            "use ranges='absmax' with it"
+        )
     if weight_rounding == "gptq" and calibration is None:
         raise CalibrationError(
             "weight_rounding='gptq' measures the calibration inputs: pass calibration data"
@@ -141,6 +162,12 @@ def quantize_model(
             t = time.perf_counter()
             smoothed = calibrate(model, calibration, token_histograms=True, **calib_kwargs)
             seconds["recalibrate"] = time.perf_counter() - t
+    input_clip: dict[str, float] = {}
+    if ranges == "search" and not scheme.inputs.dynamic:
+        t = time.perf_counter()
+        targets = quantization_targets(model, quantize_lm_head=quantize_lm_head)
+        input_clip = search_input_clip(model, calibration, targets, smoothed, **calib_kwargs)
+        seconds["ranges"] = time.perf_counter() - t
     hessians = None
     if weight_rounding == "gptq":
         t = time.perf_counter()
@@ -148,8 +175,26 @@ def quantize_model(
         hessians = collect_hessians(model, calibration, targets, **calib_kwargs)
         seconds["hessians"] = time.perf_counter() - t
     t = time.perf_counter()
-    quantize(model, scheme, smoothed, quantize_lm_head=quantize_lm_head, hessians=hessians)
+    quantize(
+        model,
+        scheme,
+        smoothed,
+        quantize_lm_head=quantize_lm_head,
+        hessians=hessians,
+        search_weight_scales=ranges == "search" and hessians is not None,
+        input_clip=input_clip,
+    )
     seconds["quantize"] = time.perf_counter() - t
     return QuantizationResult(
-        model, scheme, stats, smoothed, applied, seconds, linear_pairs, search, weight_rounding
+        model,
+        scheme,
+        stats,
+        smoothed,
+        applied,
+        seconds,
+        linear_pairs,
+        search,
+        weight_rounding,
+        ranges,
+        input_clip,
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,19 +36,21 @@ class _Hessian:
 
 
 @contextlib.contextmanager
-def hessian_hooks(root: nn.Module, names: Iterable[str], prefix: str = "") -> Iterator[dict[str, _Hessian]]:
-    """Collect ``X^T X`` of the inputs of the named linears under ``root`` while it runs."""
-    observers: dict[str, _Hessian] = {}
-    handles = []
+def observing(root: nn.Module, observers: Mapping[str, Any], prefix: str = "") -> Iterator[Mapping[str, Any]]:
+    """Run each observer as a forward hook of the named module under ``root`` (names are full
+    model names; ``prefix``: the name of ``root`` itself) while the block is entered."""
     cut = len(prefix) + 1 if prefix else 0
-    for name in names:
-        observers[name] = obs = _Hessian()
-        handles.append(root.get_submodule(name[cut:]).register_forward_hook(obs))
+    handles = [root.get_submodule(name[cut:]).register_forward_hook(obs) for name, obs in observers.items()]
     try:
         yield observers
     finally:
         for h in handles:
             h.remove()
+
+
+def hessian_hooks(root: nn.Module, names: Iterable[str], prefix: str = ""):
+    """Collect ``X^T X`` of the inputs of the named linears under ``root`` while it runs."""
+    return observing(root, {name: _Hessian() for name in names}, prefix)
 
 
 @torch.no_grad()

@@ -82,6 +82,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="weight rounding of the SmoothQuant rows (baselines keep nearest): nearest (default) or gptq",
     )
     p.add_argument(
+        "--ranges",
+        default="absmax",
+        choices=["absmax", "search"],
+        help="quantization ranges of the SmoothQuant rows: calibrated absmax (default) or search (see quantize)",
+    )
+    p.add_argument(
         "--seq-len", type=int, default=2048, help="evaluation window (default 2048; 512 also common)"
     )
     p.add_argument("--max-tokens", type=int, help="evaluate only the first N tokens of the split")
@@ -107,7 +113,7 @@ def _eval(args: argparse.Namespace) -> int:
     from smoothquant.models import load_model
 
     alpha = parse_alpha(args.alpha)
-    configs = parse_configs(args.schemes.split(","), alpha, args.linear_pairs, args.rounding)
+    configs = parse_configs(args.schemes.split(","), alpha, args.linear_pairs, args.rounding, args.ranges)
     start = time.perf_counter()
     model, tokenizer = load_model(args.model, dtype=torch_dtype(args.dtype))
     windows = eval_windows(tokenizer, args.data, args.seq_len, args.max_tokens, data_dir=args.data_dir)

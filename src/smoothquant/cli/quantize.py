@@ -46,6 +46,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="weight rounding: to nearest (default), or gptq: each linear's output error on the calibration "
         "data minimised (one more calibration pass; same format)",
     )
+    p.add_argument(
+        "--ranges",
+        default="absmax",
+        choices=["absmax", "search"],
+        help="quantization ranges: the calibrated absmax (default), or search: per linear, static input ranges "
+        "and (with --rounding gptq) weight scales clipped where that lowers the calibration error",
+    )
     p.add_argument("--num-samples", type=int, default=64, help="calibration sequences (default 64)")
     p.add_argument("--seq-len", type=int, default=512, help="tokens per calibration sequence (default 512)")
     p.add_argument(
@@ -97,6 +104,8 @@ def _quantize(args: argparse.Namespace) -> int:
         if value < 1:
             raise ArgumentError(f"{flag} must be at least 1, got {value}")
     alpha = _alpha(args.alpha)
+    if args.layerwise and args.ranges != "absmax":
+        raise ArgumentError("--ranges search is not implemented with --layerwise yet; drop one of them")
     if not args.layerwise:
         if args.offload_activations or args.device:
             raise ArgumentError("--offload-activations and --device need --layerwise")
@@ -111,6 +120,7 @@ def _quantize(args: argparse.Namespace) -> int:
             dtype=getattr(torch, args.dtype),
             force=args.force,
             weight_rounding=args.rounding,
+            ranges=args.ranges,
         )
         print("\n".join(summary.lines()))
         return 0

@@ -40,6 +40,7 @@ class Config:
     alpha: Alpha | str = 0.5
     linear_pairs: bool = False
     rounding: str = "nearest"
+    ranges: str = "absmax"
 
     @property
     def smoothed(self) -> bool:
@@ -55,6 +56,8 @@ class Config:
             info["linear_pairs"] = self.linear_pairs
         if self.rounding != "nearest":
             info["weight_rounding"] = self.rounding
+        if self.ranges != "absmax":
+            info["ranges"] = self.ranges
         return info
 
 
@@ -63,12 +66,14 @@ def parse_configs(
     alpha: Alpha | str = 0.5,
     linear_pairs: bool | str = False,
     rounding: str = "nearest",
+    ranges: str = "absmax",
 ) -> list[Config]:
     """Configs from scheme names (``fp`` for the reference), sharing one alpha.
 
     ``linear_pairs``: True / ``"all"`` for every row, or a comma-separated list of the schemes
     that also smooth linear -> linear pairs (``"O2,O3"``). ``rounding`` applies to the SmoothQuant
-    rows; baselines (naive, ZeroQuant, LLM.int8()) keep round-to-nearest, as published."""
+    rows; baselines (naive, ZeroQuant, LLM.int8()) keep round-to-nearest, as published, and
+    ``ranges`` (``"absmax"`` or ``"search"``) likewise."""
     check_rounding(rounding)
     if isinstance(linear_pairs, str):
         wanted = {n.strip().lower() for n in linear_pairs.split(",") if n.strip()}
@@ -83,8 +88,17 @@ def parse_configs(
         else:
             scheme = get_scheme(name)  # validates early, before any model work
             pairs_here = every or scheme.name in pairs
-            r = rounding if scheme.migration == "smoothquant" else "nearest"
-            out.append(Config(scheme.name, scheme.name, alpha, pairs_here, r))
+            ours = scheme.migration == "smoothquant"
+            out.append(
+                Config(
+                    scheme.name,
+                    scheme.name,
+                    alpha,
+                    pairs_here,
+                    rounding if ours else "nearest",
+                    ranges if ours else "absmax",
+                )
+            )
     return out
 
 
@@ -101,6 +115,7 @@ def build(
         linear_pairs=config.linear_pairs,
         stats=stats,
         weight_rounding=config.rounding,
+        ranges=config.ranges,
         progress=False,
     )
 

@@ -82,6 +82,7 @@ def quantize_and_save(
     dtype: torch.dtype = torch.float32,
     force: bool = False,
     weight_rounding: str = "nearest",
+    ranges: str = "absmax",
     progress: bool = True,
 ) -> ExportSummary:
     """Quantize ``model`` (a name ``smoothquant.models.load_model`` understands, or a loaded model
@@ -89,7 +90,9 @@ def quantize_and_save(
 
     ``calib`` names the calibration text (``smoothquant.data.calibration_batches``): ``num_samples``
     sequences of ``seq_len`` tokens. ``weight_rounding="gptq"`` rounds weights against the
-    calibration inputs (:mod:`smoothquant.quantization.gptq`); the checkpoint format is the same.
+    calibration inputs (:mod:`smoothquant.quantization.gptq`); ``ranges="search"`` clips scales
+    where that lowers the calibration error (see ``quantize_model``). The checkpoint format is the
+    same either way.
     """
     out_dir = Path(out_dir)
     check_output(out_dir.absolute(), force)
@@ -117,6 +120,7 @@ def quantize_and_save(
         seq_len=seq_len,
         num_samples=num_samples,
         weight_rounding=weight_rounding,
+        ranges=ranges,
         progress=progress,
     )
     seconds |= result.seconds

@@ -94,13 +94,19 @@ def quantized_replacements(
     *,
     smoothing: str | None = None,
     hessians: Mapping[str, torch.Tensor] | None = None,
+    search_weight_scales: bool = False,
+    input_clip: Mapping[str, float] | None = None,
 ) -> dict[str, FakeQuantLinear]:
     """The ``FakeQuantLinear`` of every target (``bmm``: the targets that feed attention BMMs), all
     built and checked before any is used. Static schemes read the absmax of each target's input
     (and output) from ``stats``, which must have been measured at smoothing state ``smoothing``
     (the model's :func:`smoothing_id`, when known). ``hessians`` (``X^T X`` of targets' inputs, from
     :func:`~smoothquant.calibration.collect_hessians`): those targets' weights are rounded by GPTQ
-    instead of to nearest. Works on a whole model or on one decoder block."""
+    instead of to nearest; ``search_weight_scales``: their scales shrunk first where that lowers
+    the output error (:func:`~smoothquant.quantization.gptq.search_scale`). ``input_clip``:
+    name -> factor (<= 1) applied to the calibrated static input range (from
+    :func:`~smoothquant.calibration.search_input_clip`). Works on a whole model or on one decoder
+    block."""
     static_in = not scheme.inputs.dynamic
     static_out = scheme.outputs is not None and not scheme.outputs.dynamic
     if static_in or static_out:
@@ -125,6 +131,14 @@ def quantized_replacements(
                 what="q/k/v output scales",
                 kind="outputs",
             )
+    if search_weight_scales and not hessians:
+        raise QuantizationError("searching weight scales needs the calibration Hessians (GPTQ rounding)")
+    clip = dict(input_clip or {})
+    bad = {n: c for n, c in clip.items() if not (isinstance(c, (int, float)) and 0.0 < c <= 1.0)}
+    if bad or (clip and not static_in):
+        raise QuantizationError(
+            f"input_clip needs a static input scheme and factors in (0, 1]; got {scheme.name}, {bad or clip}"
+        )
     replacements = {}
     for name, module in targets.items():
         quantize_out = name in bmm
@@ -132,7 +146,9 @@ def quantized_replacements(
             module,
             scheme,
             quantize_out=quantize_out,
-            input_absmax=_static_absmax(stats, "inputs", name, scheme.inputs) if static_in else None,
+            input_absmax=_static_absmax(stats, "inputs", name, scheme.inputs) * clip.get(name, 1.0)
+            if static_in
+            else None,
             output_absmax=_static_absmax(stats, "outputs", name, scheme.outputs)
             if static_out and quantize_out
             else None,
@@ -140,8 +156,10 @@ def quantized_replacements(
     if hessians:
         check_rounding("gptq", scheme.outlier_threshold)
         weights = {n: (weight_oi(targets[n]), replacements[n].weight_scale) for n in targets}
-        for name, q in round_weights(weights, scheme.weights, hessians).items():
+        rounded = round_weights(weights, scheme.weights, hessians, search_scales=search_weight_scales)
+        for name, (q, scale) in rounded.items():
             replacements[name].qweight.copy_(q)
+            replacements[name].weight_scale.copy_(scale.reshape(replacements[name].weight_scale.shape))
     return replacements
 
 
@@ -154,6 +172,8 @@ def quantize(
     quantize_lm_head: bool = False,
     inplace: bool = True,
     hessians: Mapping[str, torch.Tensor] | None = None,
+    search_weight_scales: bool = False,
+    input_clip: Mapping[str, float] | None = None,
 ) -> nn.Module:
     """Replace every mapped linear by a :class:`FakeQuantLinear` following ``scheme``.
 
@@ -164,7 +184,8 @@ def quantize(
     ``inplace=True`` (default) edits ``model`` and returns it; ``inplace=False`` works on a deep
     copy. Every replacement is built before the first swap, so a failing call leaves the model
     untouched. ``hessians``: round the weights of those linears by GPTQ (see
-    :mod:`smoothquant.quantization.gptq`), measured on the model as it is now.
+    :mod:`smoothquant.quantization.gptq`), measured on the model as it is now;
+    ``search_weight_scales`` and ``input_clip``: searched ranges, see :func:`quantized_replacements`.
     """
     scheme = get_scheme(scheme, quantize_bmm_inputs=quantize_bmm_inputs)
     if any(isinstance(m, FakeQuantLinear) for m in model.modules()):
@@ -177,7 +198,14 @@ def quantize(
     bmm = set(resolved.bmm_inputs) if scheme.outputs is not None else set()
 
     replacements = quantized_replacements(
-        targets, scheme, stats, bmm, smoothing=smoothing_id(model), hessians=hessians
+        targets,
+        scheme,
+        stats,
+        bmm,
+        smoothing=smoothing_id(model),
+        hessians=hessians,
+        search_weight_scales=search_weight_scales,
+        input_clip=input_clip,
     )
     for name, new in replacements.items():
         set_submodule(model, name, new)
