@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 import smoothquant as sq
-from smoothquant.calibration import calibrate
-from smoothquant.calibration.clip import CLIP_GRID, search_input_clip
+from smoothquant.calibration import calibrate, search_input_clip
+from smoothquant.calibration.clip import CLIP_GRID
 from smoothquant.errors import ArgumentError, CalibrationError, QuantizationError
 from smoothquant.quantization import WeightQuant
 from smoothquant.quantization.gptq import SCALE_GRID, search_scale
@@ -154,6 +154,8 @@ def test_quantize_refuses_bad_clip_factors() -> None:
         sq.quantize(model, "O3", stats, input_clip={name: 1.5})
     with pytest.raises(QuantizationError, match="input_clip"):
         sq.quantize(model, "w8a8", stats, input_clip={name: 0.5})
+    with pytest.raises(QuantizationError, match="another model"):
+        sq.quantize(model, "O3", stats, input_clip={"model.layers.9.mlp.up_proj": 0.5})
     with pytest.raises(QuantizationError, match="Hessians"):
         sq.quantize(model, "O3", stats, search_weight_scales=True)
     assert not any(isinstance(m, sq.FakeQuantLinear) for m in model.modules())  # untouched

@@ -14,9 +14,8 @@ from typing import Any, Literal
 
 from torch import nn
 
-from smoothquant.calibration import ActStats, calibrate, collect_hessians
+from smoothquant.calibration import ActStats, calibrate, collect_hessians, search_input_clip
 from smoothquant.calibration.batches import Batches
-from smoothquant.calibration.clip import search_input_clip
 from smoothquant.errors import ArgumentError, CalibrationError
 from smoothquant.quantization import Scheme, get_scheme, quantization_targets, quantize
 from smoothquant.quantization.gptq import check_rounding

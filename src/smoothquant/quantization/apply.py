@@ -139,6 +139,12 @@ def quantized_replacements(
         raise QuantizationError(
             f"input_clip needs a static input scheme and factors in (0, 1]; got {scheme.name}, {bad or clip}"
         )
+    stray = sorted(set(clip) - set(targets))
+    if stray:
+        raise QuantizationError(
+            f"input_clip names {len(stray)} linears this model does not quantize (e.g. {stray[0]}); it "
+            "belongs to another model"
+        )
     replacements = {}
     for name, module in targets.items():
         quantize_out = name in bmm
