@@ -97,4 +97,9 @@ def test_demo_writes_table_figures_and_results(checkpoint, text_file, tmp_path, 
     assert data["meta"]["tokens_scored"] == 3 * 63 and data["meta"]["worst_layer"].startswith("model.layers.")
     for row, (_, scheme) in zip(data["results"], demo_module.ROWS, strict=True):
         if scheme in demo_module.SMOOTHING:  # every SmoothQuant row uses its documented setting
-            assert {k: row[k] for k in ("alpha", "linear_pairs")} == demo_module.SMOOTHING[scheme]
+            setting = demo_module.SMOOTHING[scheme]
+            assert {k: row[k] for k in ("alpha", "linear_pairs")} == {
+                k: setting[k] for k in ("alpha", "linear_pairs")
+            }
+            assert row.get("weight_rounding", "nearest") == setting.get("rounding", "nearest")
+            assert row.get("ranges", "absmax") == setting.get("ranges", "absmax")

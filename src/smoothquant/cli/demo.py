@@ -25,12 +25,14 @@ log = logging.getLogger("smoothquant")
 # the worst outlier (a ~1500x channel) is the input of down_proj, which no norm precedes: with one
 # activation scale per tensor (O2, O3) it flattens every other channel unless that pair is
 # smoothed. The automatic search (per group, linear pairs included, each possibly off) takes
-# ~5 min per row on 2 cores, so the demo runs it where it gains most: O3 (+46% perplexity vs +55%
-# at alpha 0.5; O1: +7.3% vs +7.6% at 0.4, not worth the time). --quick replaces it with 0.5.
+# minutes per row on 2 cores, so the demo runs it where it gains most: O3 (+46% perplexity vs +55%
+# at alpha 0.5; O1: +7.3% vs +7.6% at 0.4, not worth the time), with GPTQ rounding and searched
+# ranges, which O3's per-tensor scales need most (docs/auto-alpha.md). ``rounding``/``ranges``
+# are optional keys (default nearest/absmax). --quick uses alpha 0.5 and the defaults instead.
 SMOOTHING: dict[str, dict] = {
     "O1": {"alpha": 0.4, "linear_pairs": False},
     "O2": {"alpha": 0.5, "linear_pairs": True},
-    "O3": {"alpha": "auto", "linear_pairs": True},
+    "O3": {"alpha": "auto", "linear_pairs": True, "rounding": "gptq", "ranges": "search"},
     "w8a8": {"alpha": 0.5, "linear_pairs": False},
 }
 QUICK_ALPHA = 0.5  # what --quick uses where SMOOTHING says "auto"
@@ -70,7 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "demo",
-        help="SmoothQuant vs baselines on a real model: table and figures (~8 min on 2 cores; --quick ~1)",
+        help="SmoothQuant vs baselines on a real model: table and figures (~13 min on 2 cores; --quick ~1)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -107,9 +109,13 @@ def _demo(args: argparse.Namespace) -> int:
 
     size = QUICK if args.quick else FULL
     smoothing = {k: dict(v, alpha=parse_alpha(args.alpha)) if args.alpha else v for k, v in SMOOTHING.items()}
-    if args.quick:  # the search takes minutes per row
+    if args.quick:  # the search, GPTQ and searched ranges take minutes per row
         smoothing = {
-            k: dict(v, alpha=QUICK_ALPHA) if v["alpha"] == "auto" else v for k, v in smoothing.items()
+            k: {
+                "alpha": QUICK_ALPHA if v["alpha"] == "auto" else v["alpha"],
+                "linear_pairs": v["linear_pairs"],
+            }
+            for k, v in smoothing.items()
         }
     progress = not args.no_progress
     out = Path(args.out)
@@ -141,7 +147,7 @@ def _demo(args: argparse.Namespace) -> int:
     o3 = dict(smoothing["O3"])
     if o3["alpha"] == "auto":  # the alphas the O3 row's search chose
         o3["alpha"] = by_scheme["O3"].info["alpha_search"]["alpha"]
-    smoothed = smooth(smoothed_model, stats, **o3)
+    smoothed = smooth(smoothed_model, stats, o3["alpha"], linear_pairs=o3["linear_pairs"])
     layer = plots.worst_layer(stats, list(quantization_targets(model)))
     weights = [weight_oi(m.get_submodule(layer)).detach().abs().amax(0) for m in (model, smoothed_model)]
     fig4 = plots.plot_channel_absmax(
@@ -199,6 +205,8 @@ def _demo(args: argparse.Namespace) -> int:
 
     settings = "; ".join(
         f"{k} alpha {v['alpha']}{' + linear pairs' if v['linear_pairs'] else ''}"
+        + (f", {v['rounding']} rounding" if v.get("rounding", "nearest") != "nearest" else "")
+        + (f", {v['ranges']} ranges" if v.get("ranges", "absmax") != "absmax" else "")
         for k, v in smoothing.items()
     )
     print(

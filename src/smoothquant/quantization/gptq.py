@@ -7,7 +7,8 @@ their rounding errors add up in the layer's output. GPTQ rounds one input column
 moves each column's rounding error onto the columns not yet rounded, weighted by the inverse
 Hessian ``H = X^T X`` of the layer's calibration inputs, so the *output* error on that data is
 what gets minimised. The format does not change: the same scales (from the weights' absmax, so
-no weight is clipped), the same int8 integers in [-127, 127]; only which integer each weight
+no weight is clipped, unless :func:`search_scale` is asked to shrink them first, as
+``ranges="search"`` does), the same int8 integers in [-127, 127]; only which integer each weight
 rounds to. Any runtime or export that reads our checkpoints runs the result unchanged.
 
 The Hessians come from one extra pass over the calibration data through the *smoothed* model
