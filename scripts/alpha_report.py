@@ -101,7 +101,7 @@ def measure(args: argparse.Namespace) -> None:
     windows = eval_windows(tokenizer, "wikitext2", args.seq_len, args.windows * args.seq_len, data_dir=data)
     calib = calibration_batches(tokenizer, "wikitext2", args.calib_samples, 512, data_dir=data)
     extra = [e for e in args.extra.split(",") if e]
-    grid = [float(a) for a in args.grid.split(",")]
+    grid = [] if args.grid == "none" else [float(a) for a in args.grid.split(",")]
     rows = configs(
         args.schemes.split(","), grid, extra, args.rounding, args.auto, not args.no_flip, args.ranges
     )
@@ -165,7 +165,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--schemes", default="O1,O3,w8a8")
-    p.add_argument("--grid", default="0.3,0.4,0.5,0.6,0.7,0.8", help="single alphas to sweep")
+    p.add_argument(
+        "--grid",
+        default="0.3,0.4,0.5,0.6,0.7,0.8",
+        help="single alphas to sweep ('none': only the auto rows)",
+    )
     p.add_argument("--extra", default="", help="more rows at alpha 0.5, e.g. zeroquant,llm.int8,O2")
     p.add_argument("--windows", type=int, default=16, help="evaluation windows of --seq-len tokens")
     p.add_argument("--seq-len", type=int, default=512)

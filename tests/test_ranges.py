@@ -159,3 +159,28 @@ def test_quantize_refuses_bad_clip_factors() -> None:
     with pytest.raises(QuantizationError, match="Hessians"):
         sq.quantize(model, "O3", stats, search_weight_scales=True)
     assert not any(isinstance(m, sq.FakeQuantLinear) for m in model.modules())  # untouched
+
+
+def test_alpha_search_scores_candidates_with_searched_weight_scales() -> None:
+    """On request (off by default: it measured worse on 2 of 3 models) the search scores each
+    candidate with searched weight scales; that is recorded and the choice replays like any other."""
+    model = tiny_model("llama", dtype=torch.float32)
+    plant = model.model.layers[0].input_layernorm.weight
+    with torch.no_grad():
+        plant[7] *= 50
+    calib = tiny_batches(8, 32, seed=1)
+    result = sq.quantize_model(
+        model,
+        calib,
+        "O1",
+        alpha="auto",
+        weight_rounding="gptq",
+        ranges="search",
+        search_options={"search_weight_scales": True},
+        progress=False,
+    )
+    recipe = result.recipe()
+    assert recipe["alpha_search"]["search_weight_scales"] is True
+    assert set(recipe["alpha"]) == set(sq.alphas_from_recipe(recipe))
+    plain = sq.search_alpha(tiny_model("llama", dtype=torch.float32), calib, "O1", progress=False)
+    assert plain.to_recipe()["search_weight_scales"] is False

@@ -48,9 +48,11 @@ from smoothquant.calibration import ActStats, calibrate
 from smoothquant.calibration.batches import Batches, make_batches, sequences
 from smoothquant.errors import ArgumentError, SchemeError
 from smoothquant.families import ResolvedGroup, ResolvedModel, prepare_model, resolve
-from smoothquant.nn_utils import compute_dtype, in_out_features, model_dtype, set_submodule
+from smoothquant.nn_utils import compute_dtype, in_out_features, model_dtype, set_submodule, weight_oi
 from smoothquant.quantization import Scheme, get_scheme
 from smoothquant.quantization.apply import check_static_coverage, quantized_linear
+from smoothquant.quantization.gptq import column_scales, search_scale
+from smoothquant.quantization.quantizer import round_clamp
 from smoothquant.search.blocks import BlockCall, capture_block_calls, run_capturing, run_until
 from smoothquant.smoothing.fold import fold_into_consumers, fold_into_producer
 from smoothquant.smoothing.scales import expand_to_consumer
@@ -90,6 +92,7 @@ class AlphaSearch:
     num_tokens: int
     seconds: float
     evaluations: int = 0
+    search_weight_scales: bool = False
 
     def table(self) -> str:
         """One row per decoder block, one column per group kind (``-``: off)."""
@@ -147,6 +150,7 @@ class AlphaSearch:
             "per_block": self.per_block,
             "uniform_fallback": self.uniform_fallback,
             "reference": self.reference,
+            "search_weight_scales": self.search_weight_scales,
             "grid": list(self.grid),
             "num_tokens": self.num_tokens,
             "seconds": round(self.seconds, 3),
@@ -254,10 +258,17 @@ class _Search:
     """State shared by the per-block steps (kept out of the public signature)."""
 
     def __init__(
-        self, scheme: Scheme, resolved: ResolvedModel, dt: torch.dtype, trial_tokens: int | None, error: str
+        self,
+        scheme: Scheme,
+        resolved: ResolvedModel,
+        dt: torch.dtype,
+        trial_tokens: int | None,
+        error: str,
+        search_weight_scales: bool = False,
     ) -> None:
         self.scheme, self.resolved, self.dt = scheme, resolved, dt
         self.trial_tokens, self.error = trial_tokens, error
+        self.search_weight_scales = search_weight_scales
         self.bmm = set(resolved.bmm_inputs) if scheme.outputs is not None else set()
         self.static_in = not scheme.inputs.dynamic
         self.static_out = scheme.outputs is not None and not scheme.outputs.dynamic
@@ -270,10 +281,13 @@ class _Search:
         stats: ActStats,
         s_in: torch.Tensor | None = None,
         s_out: torch.Tensor | None = None,
+        x: list[torch.Tensor] | None = None,
     ) -> nn.Module:
         """``module`` quantized as ``quantize`` would, given the statistics of the smoothed model
         (``stats`` with its input divided by ``s_in``, its outputs by ``s_out``, for a trial scale
-        not folded into ``stats``)."""
+        not folded into ``stats``). ``x``: the module's inputs as the trial sees them; with
+        ``search_weight_scales`` the weight scale is shrunk as ``ranges="search"`` will (by the
+        Hessian of these tokens; rounded to nearest)."""
         absmax_in = absmax_out = None
         if self.static_in:
             absmax_in = stats.inputs[name] if s_in is None else stats.inputs[name] / s_in.cpu().float()
@@ -281,13 +295,20 @@ class _Search:
         if self.static_out and name in self.bmm:
             absmax_out = stats.outputs[name] if s_out is None else stats.outputs[name] / s_out.cpu().float()
             absmax_out = float(absmax_out.max())
-        return quantized_linear(
+        q = quantized_linear(
             module,
             self.scheme,
             quantize_out=name in self.bmm,
             input_absmax=absmax_in,
             output_absmax=absmax_out,
         )
+        if self.search_weight_scales and x:
+            xs = torch.cat([t.reshape(-1, t.shape[-1]) for t in x]).float()
+            w = weight_oi(module).detach().float()
+            scale = search_scale(w, xs.T @ xs, q.weight_scale, q.weight_quant)
+            q.weight_scale.copy_(scale)
+            q.qweight.copy_(round_clamp(w, column_scales(scale, q.weight_quant, *w.shape)).to(torch.int8))
+        return q
 
     def group_error(
         self,
@@ -316,8 +337,9 @@ class _Search:
                 s_dev = s.to(next(module.parameters()).device)
                 fold_into_consumers(replace(g, consumers={name: trial}, passive={}), s_dev)
                 s_in = expand_to_consumer(s_dev, g.channel_index())
-            q = self.fake_quant(name, trial, stats, s_in)
-            ys = [q(x if s_in is None else (x.to(s_in.dtype) / s_in).to(x.dtype)) for x in inputs[name]]
+            xs = [x if s_in is None else (x.to(s_in.dtype) / s_in).to(x.dtype) for x in inputs[name]]
+            q = self.fake_quant(name, trial, stats, s_in, x=xs)
+            ys = [q(x) for x in xs]
             if name in row_scale:
                 ys = [y * row_scale[name] for y in ys]
             err += output_error(ys, refs[name], self.error)
@@ -333,6 +355,7 @@ class _Search:
         hidden: list[torch.Tensor],
         calls: list[BlockCall],
         refs: list[torch.Tensor],
+        inputs: dict[str, list[torch.Tensor]] | None = None,
     ) -> float:
         """Error of a linear -> linear group's consumer output with producer *and* consumer
         quantized, through the model's own code between them (attention, ``act(gate) * up``).
@@ -353,9 +376,15 @@ class _Search:
             fold_into_consumers(trial, s)
             s_in = expand_to_consumer(s, g.channel_index())
             s_out = _rows(g, s)
+        inputs = inputs or {}
+        x_in = inputs.get(name)
+        if x_in is not None and s_in is not None:
+            x_in = [(x.to(s_in.dtype) / s_in).to(x.dtype) for x in x_in]
         swaps = {
-            g.producer_name: self.fake_quant(g.producer_name, trial.producer, stats, s_out=s_out),
-            name: self.fake_quant(name, trial.consumers[name], stats, s_in),
+            g.producer_name: self.fake_quant(
+                g.producer_name, trial.producer, stats, s_out=s_out, x=inputs.get(g.producer_name)
+            ),
+            name: self.fake_quant(name, trial.consumers[name], stats, s_in, x=x_in),
         }
         prefix = len(block_name) + 1
         originals = {n: block.get_submodule(n[prefix:]) for n in swaps}
@@ -368,11 +397,30 @@ class _Search:
                 set_submodule(block, n[prefix:], m)
         return output_error(outputs, refs, self.error) if outputs else 0.0
 
-    def quantize_block(self, block: nn.Module, block_name: str, stats: ActStats) -> nn.Module:
-        """Swap every quantizable linear of a (smoothed) block copy for its FakeQuantLinear."""
+    def quantize_block(
+        self,
+        block: nn.Module,
+        block_name: str,
+        stats: ActStats,
+        inputs: dict[str, list[torch.Tensor]] | None = None,
+        in_scale: dict[str, torch.Tensor] | None = None,
+    ) -> nn.Module:
+        """Swap every quantizable linear of a (smoothed) block copy for its FakeQuantLinear
+        (``inputs``: the unsmoothed inputs of its linears, ``in_scale``: what smoothing divided
+        them by, for the weight-scale search)."""
         prefix = block_name + "."
         targets = [n for n in self.resolved.quantizable if n.startswith(prefix)]
-        new = {n: self.fake_quant(n, block.get_submodule(n[len(prefix) :]), stats) for n in targets}
+        inputs, in_scale = inputs or {}, in_scale or {}
+
+        def seen(n: str) -> list[torch.Tensor] | None:
+            xs, s = inputs.get(n), in_scale.get(n)
+            if xs is None or s is None:
+                return xs
+            return [(x.to(s.dtype) / s).to(x.dtype) for x in xs]
+
+        new = {
+            n: self.fake_quant(n, block.get_submodule(n[len(prefix) :]), stats, x=seen(n)) for n in targets
+        }
         for n, m in new.items():
             set_submodule(block, n[len(prefix) :], m)
         return block
@@ -475,12 +523,13 @@ class BlockSearch:
         trial_tokens: int | None,
         error: str = "token",
         uniform_fallback: bool = True,
+        search_weight_scales: bool = False,
     ) -> None:
         self.groups = [g for g in resolved.groups if linear_pairs or not g.is_linear_pair]
         self.linear_pairs, self.per_block, self.grid = linear_pairs, per_block, grid
         self.exhaustive, self.reference = exhaustive, reference
         self.uniform_fallback = uniform_fallback and not per_block
-        self._search = _Search(scheme, resolved, dt, trial_tokens, error)
+        self._search = _Search(scheme, resolved, dt, trial_tokens, error, search_weight_scales)
         self.alpha: dict[str, float | None] = {}
         self.errors: dict[str, dict[str, float]] = {}
         self.block_errors: dict[str, float] = {}
@@ -548,6 +597,7 @@ class BlockSearch:
             num_tokens=num_tokens,
             seconds=seconds,
             evaluations=self.evaluations,
+            search_weight_scales=self._search.search_weight_scales,
         )
 
 
@@ -569,6 +619,7 @@ def search_alpha(
     trial_tokens: int | None = 512,
     error: str = "token",
     uniform_fallback: bool = True,
+    search_weight_scales: bool = False,
     quantize_bmm_inputs: bool = False,
     progress: bool = True,
 ) -> AlphaSearch:
@@ -587,7 +638,9 @@ def search_alpha(
     compared on this many randomly chosen tokens of each linear's input (None: all of them), and
     block-level comparisons on the first sequences holding that many tokens; the reported block
     errors and the next block's inputs use every searched token. ``error``: how output errors are
-    compared (see :func:`output_error`).
+    compared (see :func:`output_error`). ``search_weight_scales``: candidates are scored with
+    weight scales shrunk as ``ranges="search"`` shrinks them (by the Hessian of the searched
+    tokens), so the choice fits a model quantized that way.
 
     The model is left unmodified; apply the result with ``smooth(model, stats, alpha=result.alpha,
     linear_pairs=linear_pairs)`` then ``quantize``, or use ``quantize_model(..., alpha="auto")``.
@@ -610,6 +663,7 @@ def search_alpha(
         trial_tokens=trial_tokens,
         error=error,
         uniform_fallback=uniform_fallback,
+        search_weight_scales=search_weight_scales,
     )
     was_training = model.training
     model.eval()
@@ -649,6 +703,13 @@ def _search_group_wise(
     uniform_fallback: bool,
 ):
     watch = {n: m for g in groups for n, m in g.consumers.items()}
+    if search.search_weight_scales:  # every linear's inputs, for its weight-scale search
+        prefix = block_name + "."
+        watch |= {
+            n: layer.get_submodule(n[len(prefix) :])
+            for n in search.resolved.quantizable
+            if n.startswith(prefix)
+        }
     fp_out, inputs = run_capturing(layer, hidden, calls, watch)
     inputs = {n: _subsample(xs, search.trial_tokens) for n, xs in inputs.items()}
     # block-level comparisons run whole sequences, the first ones that hold trial_tokens tokens
@@ -658,13 +719,14 @@ def _search_group_wise(
     picked: dict[str, float | None] = {}
     errs: dict[str, dict[str, float]] = {}
     row_scale: dict[str, torch.Tensor] = {}
+    in_scale: dict[str, torch.Tensor] = {}
     for g in (_rebind(g, block_name, work) for g in groups):
         pair = g.is_linear_pair and len(g.consumers) == 1
         refs = run_until(work, hidden[:k], calls[:k], next(iter(g.consumers.values()))) if pair else []
         if refs:
 
             def error(a: Candidate, g=g, refs=refs) -> float:
-                return search.pair_error(g, a, stats, work, block_name, hidden[:k], calls[:k], refs)
+                return search.pair_error(g, a, stats, work, block_name, hidden[:k], calls[:k], refs, inputs)
 
         else:  # a norm group, or an expert that got no token in those sequences
             # consumer outputs in floating point, v/up rows scaled back to the original model's
@@ -681,9 +743,10 @@ def _search_group_wise(
         s = None if best is None else group_scales(g, stats, best, search.dt)
         if s is not None:
             apply_group(g, s, stats)
+            in_scale |= _consumer_scales(g, s)
             if g.is_linear_pair:
                 row_scale[g.producer_name] = _rows(g, s.to(next(g.producer.parameters()).device))
-    q_out = _run(search.quantize_block(work, block_name, stats), hidden, calls)
+    q_out = _run(search.quantize_block(work, block_name, stats, inputs, in_scale), hidden, calls)
     if uniform_fallback and groups:
         # Each group was tuned alone, which can miss how their errors combine: the best single
         # alpha for the whole block (found on the first sequences) replaces the per-group choice
@@ -699,9 +762,11 @@ def _search_group_wise(
             fp_out[:k],
             grid,
             exhaustive,
+            inputs,
         )
         uniform = dict.fromkeys(picked, best)
-        u_out = _run(_quantized_block(search, block_name, layer, groups, block_stats, uniform), hidden, calls)
+        u_block = _quantized_block(search, block_name, layer, groups, block_stats, uniform, inputs)
+        u_out = _run(u_block, hidden, calls)
         own, other = output_error(q_out, fp_out, search.error), output_error(u_out, fp_out, search.error)
         errs[block_name] = {"per group": own, _label(best): other}
         if other < own:
@@ -724,15 +789,26 @@ def _quantized_block(
     groups: list[ResolvedGroup],
     block_stats: ActStats,
     alpha: dict[str, Candidate],
+    inputs: dict[str, list[torch.Tensor]] | None = None,
 ) -> nn.Module:
     """A quantized copy of ``layer`` smoothed with ``alpha`` per group, as smooth + quantize would."""
     work = copy.deepcopy(layer)
     stats = block_stats.copy()
+    in_scale: dict[str, torch.Tensor] = {}
     for g in (_rebind(g, block_name, work) for g in groups):
         s = None if alpha[g.id] is None else group_scales(g, stats, alpha[g.id], search.dt)
         if s is not None:
             apply_group(g, s, stats)
-    return search.quantize_block(work, block_name, stats)
+            in_scale |= _consumer_scales(g, s)
+    return search.quantize_block(work, block_name, stats, inputs, in_scale)
+
+
+def _consumer_scales(g: ResolvedGroup, s: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What smoothing ``g`` by ``s`` divides each consumer's input by."""
+    return {
+        n: expand_to_consumer(s.to(next(m.parameters()).device), g.channel_index())
+        for n, m in g.consumers.items()
+    }
 
 
 def _uniform_search(
@@ -746,13 +822,14 @@ def _uniform_search(
     fp_out: list[torch.Tensor],
     grid: tuple[float, ...],
     exhaustive: bool,
+    inputs: dict[str, list[torch.Tensor]] | None = None,
 ) -> tuple[Candidate, dict[Candidate, float]]:
     """One alpha for every group of the block, by the error of the quantized block's output."""
 
     def error(alpha: Candidate) -> float:
         search.evaluations += 1
         uniform = dict.fromkeys((g.id for g in groups), alpha)
-        q = _quantized_block(search, block_name, layer, groups, block_stats, uniform)
+        q = _quantized_block(search, block_name, layer, groups, block_stats, uniform, inputs)
         return output_error(_run(q, hidden, calls), fp_out, search.error)
 
     results = _refine(error, grid, exhaustive)
