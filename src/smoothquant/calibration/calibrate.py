@@ -8,7 +8,7 @@ included), and the outputs of the attention q/k/v projections named by the famil
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -76,26 +76,57 @@ def calibration_rows(
 
 
 @contextlib.contextmanager
-def observing(
-    root: nn.Module, bmm_inputs: set[str], *, prefix: str = "", token_histograms: bool = False
-) -> Iterator[dict[str, _Observer]]:
-    """Observers on every linear under ``root`` (named ``prefix.<path>``) while the block runs.
-
-    Works on a whole model or on one decoder block, so layer-by-layer calibration
-    (:mod:`smoothquant.layerwise`) measures exactly what :func:`calibrate` measures.
-    """
-    observers: dict[str, _Observer] = {}
-    handles = []
-    for name, module in root.named_modules(prefix=prefix):
-        if is_linear_like(module):
-            obs = _Observer(track_output=name in bmm_inputs, token_hist=token_histograms)
-            observers[name] = obs
-            handles.append(module.register_forward_hook(obs))
+def hooked(root: nn.Module, observers: Mapping[str, Callable], prefix: str = "") -> Iterator[Mapping]:
+    """Each observer as a forward hook of its module under ``root`` while the block runs (names
+    are full model names; ``prefix``: the name of ``root`` itself)."""
+    cut = len(prefix) + 1 if prefix else 0
+    handles = [root.get_submodule(name[cut:]).register_forward_hook(obs) for name, obs in observers.items()]
     try:
         yield observers
     finally:
         for h in handles:
             h.remove()
+
+
+@torch.no_grad()
+def observed_pass(
+    model: nn.Module,
+    batches: Batches,
+    observers: Mapping[str, Callable],
+    *,
+    desc: str,
+    seq_len: int | None = None,
+    batch_size: int = 1,
+    num_samples: int | None = None,
+    progress: bool = True,
+) -> None:
+    """One forward pass over the calibration data (as :func:`calibrate` selects it) with the
+    observers hooked on their modules; for the passes after calibration (Hessians, input ranges)."""
+    rows = calibration_rows(batches, seq_len, num_samples, vocab_size(model))
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        with hooked(model, observers):
+            todo = make_batches(rows, batch_size)
+            for ids in tqdm(todo, desc=desc, unit="batch", disable=not progress, leave=False):
+                model(input_ids=ids.to(device), use_cache=False)
+    finally:
+        model.train(was_training)
+
+
+def observing(root: nn.Module, bmm_inputs: set[str], *, prefix: str = "", token_histograms: bool = False):
+    """Observers on every linear under ``root`` (named ``prefix.<path>``) while the block runs.
+
+    Works on a whole model or on one decoder block, so layer-by-layer calibration
+    (:mod:`smoothquant.layerwise`) measures exactly what :func:`calibrate` measures.
+    """
+    observers = {
+        name: _Observer(track_output=name in bmm_inputs, token_hist=token_histograms)
+        for name, module in root.named_modules(prefix=prefix)
+        if is_linear_like(module)
+    }
+    return hooked(root, observers, prefix)
 
 
 def collect(observers: dict[str, _Observer], meta: dict) -> ActStats:

@@ -16,11 +16,9 @@ from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from smoothquant.calibration.batches import Batches, make_batches
-from smoothquant.calibration.calibrate import calibration_rows, vocab_size
-from smoothquant.calibration.hessians import observing
+from smoothquant.calibration.batches import Batches
+from smoothquant.calibration.calibrate import observed_pass
 from smoothquant.calibration.stats import ActStats
 from smoothquant.errors import ArgumentError, StatsMismatchError
 from smoothquant.nn_utils import weight_oi
@@ -52,7 +50,6 @@ class _ClipError:
             self.errors[i] += float((diff.pow(2).sum(-1) / den).sum())
 
 
-@torch.no_grad()
 def search_input_clip(
     model: nn.Module,
     batches: Batches,
@@ -77,16 +74,15 @@ def search_input_clip(
     unseen = [n for n in names if n not in stats.inputs]
     if unseen:
         raise StatsMismatchError(f"no calibrated input range for {', '.join(unseen[:3])}")
-    rows = calibration_rows(batches, seq_len, num_samples, vocab_size(model))
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    try:
-        observers = {n: _ClipError(float(stats.inputs[n].max()), grid) for n in names}
-        with observing(model, observers):
-            todo = make_batches(rows, batch_size)
-            for ids in tqdm(todo, desc="input ranges", unit="batch", disable=not progress, leave=False):
-                model(input_ids=ids.to(device), use_cache=False)
-    finally:
-        model.train(was_training)
+    observers = {n: _ClipError(float(stats.inputs[n].max()), grid) for n in names}
+    observed_pass(
+        model,
+        batches,
+        observers,
+        desc="input ranges",
+        seq_len=seq_len,
+        batch_size=batch_size,
+        num_samples=num_samples,
+        progress=progress,
+    )
     return {n: grid[int(obs.errors.argmin())] for n, obs in observers.items()}

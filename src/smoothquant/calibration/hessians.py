@@ -7,16 +7,13 @@ Llama-2-7B block, so a whole 7B model needs room for ~22 GB of them.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from smoothquant.calibration.batches import Batches, make_batches
-from smoothquant.calibration.calibrate import calibration_rows, vocab_size
+from smoothquant.calibration.batches import Batches
+from smoothquant.calibration.calibrate import hooked, observed_pass
 from smoothquant.errors import CalibrationError
 
 
@@ -35,25 +32,11 @@ class _Hessian:
         self.h = xtx if self.h is None else self.h.add_(xtx)
 
 
-@contextlib.contextmanager
-def observing(root: nn.Module, observers: Mapping[str, Any], prefix: str = "") -> Iterator[Mapping[str, Any]]:
-    """Run each observer as a forward hook of the named module under ``root`` (names are full
-    model names; ``prefix``: the name of ``root`` itself) while the block is entered."""
-    cut = len(prefix) + 1 if prefix else 0
-    handles = [root.get_submodule(name[cut:]).register_forward_hook(obs) for name, obs in observers.items()]
-    try:
-        yield observers
-    finally:
-        for h in handles:
-            h.remove()
-
-
 def hessian_hooks(root: nn.Module, names: Iterable[str], prefix: str = ""):
     """Collect ``X^T X`` of the inputs of the named linears under ``root`` while it runs."""
-    return observing(root, {name: _Hessian() for name in names}, prefix)
+    return hooked(root, {name: _Hessian() for name in names}, prefix)
 
 
-@torch.no_grad()
 def collect_hessians(
     model: nn.Module,
     batches: Batches,
@@ -65,17 +48,17 @@ def collect_hessians(
     progress: bool = True,
 ) -> dict[str, torch.Tensor]:
     """``X^T X`` of the input of every named linear over the calibration data (one forward pass)."""
-    rows = calibration_rows(batches, seq_len, num_samples, vocab_size(model))
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    try:
-        with hessian_hooks(model, list(names)) as observers:
-            todo = make_batches(rows, batch_size)
-            for ids in tqdm(todo, desc="hessians", unit="batch", disable=not progress, leave=False):
-                model(input_ids=ids.to(device), use_cache=False)
-    finally:
-        model.train(was_training)
+    observers = {name: _Hessian() for name in names}
+    observed_pass(
+        model,
+        batches,
+        observers,
+        desc="hessians",
+        seq_len=seq_len,
+        batch_size=batch_size,
+        num_samples=num_samples,
+        progress=progress,
+    )
     return hessians_of(observers)
 
 

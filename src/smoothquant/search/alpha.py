@@ -337,7 +337,7 @@ class _Search:
                 s_dev = s.to(next(module.parameters()).device)
                 fold_into_consumers(replace(g, consumers={name: trial}, passive={}), s_dev)
                 s_in = expand_to_consumer(s_dev, g.channel_index())
-            xs = [x if s_in is None else (x.to(s_in.dtype) / s_in).to(x.dtype) for x in inputs[name]]
+            xs = _divided(inputs[name], s_in)
             q = self.fake_quant(name, trial, stats, s_in, x=xs)
             ys = [q(x) for x in xs]
             if name in row_scale:
@@ -377,9 +377,7 @@ class _Search:
             s_in = expand_to_consumer(s, g.channel_index())
             s_out = _rows(g, s)
         inputs = inputs or {}
-        x_in = inputs.get(name)
-        if x_in is not None and s_in is not None:
-            x_in = [(x.to(s_in.dtype) / s_in).to(x.dtype) for x in x_in]
+        x_in = _divided(inputs.get(name), s_in)
         swaps = {
             g.producer_name: self.fake_quant(
                 g.producer_name, trial.producer, stats, s_out=s_out, x=inputs.get(g.producer_name)
@@ -397,6 +395,10 @@ class _Search:
                 set_submodule(block, n[prefix:], m)
         return output_error(outputs, refs, self.error) if outputs else 0.0
 
+    def block_targets(self, block_name: str) -> list[str]:
+        """The quantizable linears of one decoder block."""
+        return [n for n in self.resolved.quantizable if n.startswith(block_name + ".")]
+
     def quantize_block(
         self,
         block: nn.Module,
@@ -409,21 +411,24 @@ class _Search:
         (``inputs``: the unsmoothed inputs of its linears, ``in_scale``: what smoothing divided
         them by, for the weight-scale search)."""
         prefix = block_name + "."
-        targets = [n for n in self.resolved.quantizable if n.startswith(prefix)]
         inputs, in_scale = inputs or {}, in_scale or {}
-
-        def seen(n: str) -> list[torch.Tensor] | None:
-            xs, s = inputs.get(n), in_scale.get(n)
-            if xs is None or s is None:
-                return xs
-            return [(x.to(s.dtype) / s).to(x.dtype) for x in xs]
-
         new = {
-            n: self.fake_quant(n, block.get_submodule(n[len(prefix) :]), stats, x=seen(n)) for n in targets
+            n: self.fake_quant(
+                n, block.get_submodule(n[len(prefix) :]), stats, x=_divided(inputs.get(n), in_scale.get(n))
+            )
+            for n in self.block_targets(block_name)
         }
         for n, m in new.items():
             set_submodule(block, n[len(prefix) :], m)
         return block
+
+
+def _divided(xs: list[torch.Tensor] | None, s: torch.Tensor | None) -> list[torch.Tensor] | None:
+    """Inputs as a consumer sees them after smoothing divided them by ``s`` (computed in ``s``'s
+    dtype, returned in theirs, as the folded norm or linear produces them)."""
+    if xs is None or s is None:
+        return xs
+    return [(x.to(s.dtype) / s).to(x.dtype) for x in xs]
 
 
 def _rows(g: ResolvedGroup, s: torch.Tensor) -> torch.Tensor:
@@ -704,12 +709,8 @@ def _search_group_wise(
 ):
     watch = {n: m for g in groups for n, m in g.consumers.items()}
     if search.search_weight_scales:  # every linear's inputs, for its weight-scale search
-        prefix = block_name + "."
-        watch |= {
-            n: layer.get_submodule(n[len(prefix) :])
-            for n in search.resolved.quantizable
-            if n.startswith(prefix)
-        }
+        cut = len(block_name) + 1
+        watch |= {n: layer.get_submodule(n[cut:]) for n in search.block_targets(block_name)}
     fp_out, inputs = run_capturing(layer, hidden, calls, watch)
     inputs = {n: _subsample(xs, search.trial_tokens) for n, xs in inputs.items()}
     # block-level comparisons run whole sequences, the first ones that hold trial_tokens tokens
