@@ -3,6 +3,8 @@
     PYTHONPATH=src python scripts/alpha_report.py --model smollm2-135m --windows 16 \\
         --grid 0.3,0.4,0.5,0.6,0.7,0.8 --json docs/bench/auto-smollm2-135m.json
     python scripts/alpha_report.py --table docs/bench/auto-*.json      # the Markdown summary
+    # auto checked against single alphas on the calibration data (quantize_model(check_alphas=...))
+    python3 scripts/alpha_report.py ... --grid none --auto pairs --check 0.4,0.5,0.6,0.7,0.8
     # on a GPU machine, from a copied .gguf, wikitext-2 folder and tokenizer folder (one saved
     # by transformers >= 5.24: 5.17 converts Gemma's GGUF tokenizer wrongly)
     python3 scripts/alpha_report.py --model gemma-3-270m-q4_k_m.gguf --tokenizer gemma-tok \\
@@ -43,14 +45,18 @@ def configs(
     auto: str,
     flip: bool = True,
     ranges: str = "absmax",
+    check: tuple[float, ...] = (),
 ):
     """``auto``: which auto rows, ``both`` (norm groups only, and with linear pairs) or ``pairs``;
-    ``flip``: also alpha 0.5 with the other linear-pairs setting."""
+    ``flip``: also alpha 0.5 with the other linear-pairs setting; ``check``: the auto rows keep
+    their searched alphas only where these single alphas do not beat them on the calibration data
+    (``quantize_model(check_alphas=...)``)."""
     from smoothquant.evaluation.runner import Config
     from smoothquant.quantization import get_scheme
 
     out = [Config("FP"), Config("naive", "naive")]
     tag = ("" if rounding == "nearest" else f" {rounding}") + ("" if ranges == "absmax" else f" {ranges}")
+    atag = tag + (" checked" if check else "")
     for name in extra:  # more rows for the model's evaluation table, alpha 0.5
         scheme = get_scheme(name).name
         r = rounding if get_scheme(name).migration == "smoothquant" else "nearest"
@@ -77,8 +83,8 @@ def configs(
                 )
             )
         if auto == "both":
-            out.append(Config(f"{scheme} auto{tag}", scheme, "auto", False, rounding, ranges))
-        out.append(Config(f"{scheme} auto pairs{tag}", scheme, "auto", True, rounding, ranges))
+            out.append(Config(f"{scheme} auto{atag}", scheme, "auto", False, rounding, ranges, check))
+        out.append(Config(f"{scheme} auto pairs{atag}", scheme, "auto", True, rounding, ranges, check))
     return out
 
 
@@ -102,8 +108,9 @@ def measure(args: argparse.Namespace) -> None:
     calib = calibration_batches(tokenizer, "wikitext2", args.calib_samples, 512, data_dir=data)
     extra = [e for e in args.extra.split(",") if e]
     grid = [] if args.grid == "none" else [float(a) for a in args.grid.split(",")]
+    check = tuple(grid if args.check == "grid" else [float(a) for a in args.check.split(",") if a])
     rows = configs(
-        args.schemes.split(","), grid, extra, args.rounding, args.auto, not args.no_flip, args.ranges
+        args.schemes.split(","), grid, extra, args.rounding, args.auto, not args.no_flip, args.ranges, check
     )
     results = run(model, rows, windows, calib, progress=not args.no_progress)
     print(format_table(results))
@@ -126,37 +133,54 @@ def measure(args: argparse.Namespace) -> None:
 
 
 def table(paths: list[Path]) -> str:
-    """Per model and scheme: FP, naive, the best grid alpha, auto without / with pairs."""
+    """Per model and scheme: FP, naive, the best grid alpha, auto without / with pairs, and auto
+    with pairs checked against single alphas. Files of one model are merged (grid rows from one
+    run, checked auto rows from another: the pipeline gives the same numbers on H100 and H200)."""
     lines = [
         "| model | rounding | tokens | scheme | FP | naive | best single alpha | auto, norm groups "
-        "| auto, + linear pairs | search s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| auto, + linear pairs | auto + pairs, checked | search / check s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    models: dict[str, tuple[dict, list[dict]]] = {}
     for path in paths:
         doc = json.loads(path.read_text())
-        rows, meta = doc["results"], doc["meta"]
+        meta, rows = models.setdefault(doc["meta"]["model"], (doc["meta"], []))
+        names = {r["name"] for r in rows}
+        rows.extend(r for r in doc["results"] if r["name"] not in names)
+    for meta, rows in models.values():
         fp = next(r for r in rows if r["name"] == "FP")["perplexity"]
         naive = next(r for r in rows if r["name"] == "naive")["perplexity"]
 
-        def cell(ppl: float, fp: float = fp) -> str:
-            return f"{ppl:.2f} ({100 * (ppl / fp - 1):+.1f}%)"
+        def cell(row: dict | None, fp: float = fp) -> str:
+            if row is None:
+                return "-"
+            return f"{row['perplexity']:.2f} ({100 * (row['perplexity'] / fp - 1):+.1f}%)"
 
         schemes = list(dict.fromkeys(r["scheme"] for r in rows if "alpha_search" in r))
         for scheme in schemes:
             mine = [r for r in rows if r["scheme"] == scheme]
             grid = [r for r in mine if "alpha_search" not in r]
-            best = min(grid, key=lambda r: r["perplexity"])
-            auto = {r["linear_pairs"]: r for r in mine if "alpha_search" in r}
-            pairs = " + pairs" if best["linear_pairs"] else ""
-            norm = cell(auto[False]["perplexity"]) if False in auto else "-"
-            secs = " / ".join(f"{auto[k]['alpha_search']['seconds']:.0f}" for k in (False, True) if k in auto)
+            best = min(grid, key=lambda r: r["perplexity"]) if grid else None
+            auto = {(r["linear_pairs"], "model_check" in r): r for r in mine if "alpha_search" in r}
+            checked = auto.get((True, True))
+            secs = " / ".join(
+                f"{r['alpha_search']['seconds']:.0f}"
+                + (f" + {r['model_check']['seconds']:.0f}" if "model_check" in r else "")
+                for r in auto.values()
+            )
             rounding = meta.get("weight_rounding", "nearest")
             if meta.get("ranges", "absmax") != "absmax":
                 rounding += f", {meta['ranges']} ranges"
+            single = (
+                f"{cell(best)} at {best['alpha']:g}{' + pairs' if best['linear_pairs'] else ''}"
+                if best
+                else "-"
+            )
+            kept = f" (kept {checked['model_check']['chosen']})" if checked else ""
             lines.append(
                 f"| {meta['model']} | {rounding} | {meta['windows'] * meta['seq_len']:,} | {scheme} | {fp:.2f} "
-                f"| {cell(naive)} | {cell(best['perplexity'])} at {best['alpha']:g}{pairs} "
-                f"| {norm} | {cell(auto[True]['perplexity'])} | {secs} |"
+                f"| {cell({'perplexity': naive})} | {single} | {cell(auto.get((False, False)))} "
+                f"| {cell(auto.get((True, False)))} | {cell(checked)}{kept} | {secs} |"
             )
     return "\n".join(lines)
 
@@ -180,6 +204,12 @@ def main() -> None:
         "--auto", default="both", choices=["both", "pairs"], help="auto rows: with and without pairs, or with"
     )
     p.add_argument("--no-flip", action="store_true", help="no alpha-0.5 row with the other pairs setting")
+    p.add_argument(
+        "--check",
+        default="",
+        help="auto rows: single alphas to check the searched ones against on the calibration data "
+        "('grid': those of --grid; default: no check)",
+    )
     p.add_argument("--device", default="cpu", help="where the model runs, e.g. cuda")
     p.add_argument("--data-dir", type=Path, help="the wikitext-2 folder (default: ../shared/data/wikitext-2)")
     p.add_argument("--tokenizer", type=Path, help="a tokenizer folder to use instead of the model's")

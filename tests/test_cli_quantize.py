@@ -120,6 +120,26 @@ def test_searched_ranges_clip_scales_and_are_recorded(tiny_checkpoint, capsys, t
     assert code == 2 and "--layerwise" in stderr and "Traceback" not in stderr
 
 
+def test_check_alphas_are_recorded_and_refused_without_auto(tiny_checkpoint, capsys, tmp_path):
+    out = tmp_path / "checked"
+    args = ["quantize", str(tiny_checkpoint / "model"), "-o", str(out), "--scheme", "o1", "--seq-len", "32"]
+    args += ["--calib", str(tiny_checkpoint / "calib.txt"), "--num-samples", "2"]
+    code, stdout, stderr = _run([*args, "--alpha", "auto", "--check-alphas", "0.3,0.9"], capsys)
+    assert code == 0, stderr
+    assert "model check (3 candidates" in stdout
+    recipe = json.loads((out / "smoothquant_recipe.json").read_text())
+    assert set(recipe["model_check"]["losses"]) == {"searched", "0.3", "0.9"}
+    assert recipe["model_check"]["chosen"] in recipe["model_check"]["losses"]
+    for extra, message in (
+        (["--check-alphas"], "--alpha auto"),
+        (["--alpha", "auto", "--check-alphas", "0.5,x"], "comma-separated numbers"),
+        (["--alpha", "auto", "--check-alphas", "--layerwise"], "--layerwise"),
+    ):
+        code, _, stderr = _run([*args[:3], str(tmp_path / "bad"), *args[4:], *extra], capsys)
+        assert code == 2 and message in stderr and "Traceback" not in stderr, stderr
+        assert not (tmp_path / "bad").exists()
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

@@ -41,6 +41,7 @@ class Config:
     linear_pairs: bool = False
     rounding: str = "nearest"
     ranges: str = "absmax"
+    check_alphas: tuple[float, ...] = ()  # with alpha "auto": the single alphas it is checked against
 
     @property
     def smoothed(self) -> bool:
@@ -58,6 +59,8 @@ class Config:
             info["weight_rounding"] = self.rounding
         if self.ranges != "absmax":
             info["ranges"] = self.ranges
+        if self.check_alphas:
+            info["check_alphas"] = list(self.check_alphas)
         return info
 
 
@@ -116,6 +119,7 @@ def build(
         stats=stats,
         weight_rounding=config.rounding,
         ranges=config.ranges,
+        check_alphas=config.check_alphas or None,
         progress=False,
     )
 
@@ -157,6 +161,8 @@ def run(
                     "seconds": round(built.search.seconds, 2),
                     "alpha": built.alpha,
                 }
+            if built.check is not None:
+                result.info["model_check"] = built.check.to_recipe()
         if extra is not None:
             result.info["tasks"] = extra(row_model)
         del row_model

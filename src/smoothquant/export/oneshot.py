@@ -83,6 +83,7 @@ def quantize_and_save(
     force: bool = False,
     weight_rounding: str = "nearest",
     ranges: str = "absmax",
+    check_alphas: tuple[float, ...] = (),
     progress: bool = True,
 ) -> ExportSummary:
     """Quantize ``model`` (a name ``smoothquant.models.load_model`` understands, or a loaded model
@@ -91,8 +92,8 @@ def quantize_and_save(
     ``calib`` names the calibration text (``smoothquant.data.calibration_batches``): ``num_samples``
     sequences of ``seq_len`` tokens. ``weight_rounding="gptq"`` rounds weights against the
     calibration inputs (:mod:`smoothquant.quantization.gptq`); ``ranges="search"`` clips scales
-    where that lowers the calibration error (see ``quantize_model``). The checkpoint format is the
-    same either way.
+    where that lowers the calibration error, and ``check_alphas`` checks ``alpha="auto"`` against
+    single alphas (see ``quantize_model``). The checkpoint format is the same either way.
     """
     out_dir = Path(out_dir)
     check_output(out_dir.absolute(), force)
@@ -121,6 +122,7 @@ def quantize_and_save(
         num_samples=num_samples,
         weight_rounding=weight_rounding,
         ranges=ranges,
+        check_alphas=check_alphas or None,
         progress=progress,
     )
     seconds |= result.seconds
