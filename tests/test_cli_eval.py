@@ -103,3 +103,19 @@ def test_demo_writes_table_figures_and_results(checkpoint, text_file, tmp_path, 
             }
             assert row.get("weight_rounding", "nearest") == setting.get("rounding", "nearest")
             assert row.get("ranges", "absmax") == setting.get("ranges", "absmax")
+
+
+def test_eval_check_alphas_need_auto(checkpoint, text_file, capsys):
+    args = [
+        "eval",
+        "--model",
+        str(checkpoint),
+        "--data",
+        str(text_file),
+        "--schemes",
+        "fp,O1",
+        "--check-alphas",
+    ]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--check-alphas checks the result of --alpha auto" in err and "Traceback" not in err

@@ -122,6 +122,12 @@ def test_searched_ranges_rows_smoothquant_only():
     assert configs[1].describe()["ranges"] == "search" and "ranges" not in configs[0].describe()
 
 
+def test_check_alphas_go_to_smoothquant_rows_only():
+    configs = parse_configs(["naive", "O1", "O3"], "auto", check_alphas=(0.4, 0.6))
+    assert [c.check_alphas for c in configs] == [(), (0.4, 0.6), (0.4, 0.6)]
+    assert configs[1].describe()["check_alphas"] == [0.4, 0.6] and "check_alphas" not in configs[0].describe()
+
+
 def test_runner_rows_share_one_reference_and_leave_the_model_alone(tmp_path):
     model = tiny_model("llama", torch.float32)
     windows, calib = _windows(2, 32), _windows(4, 32, seed=9)

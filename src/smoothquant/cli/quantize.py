@@ -9,6 +9,8 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from smoothquant.cli.evaluate import add_check_alphas
+
     p = sub.add_parser(
         "quantize",
         help="calibrate, smooth and quantize a model, and write a compressed-tensors checkpoint",
@@ -53,16 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="quantization ranges: the calibrated absmax (default), or search: per linear, static input ranges "
         "and (with --rounding gptq) weight scales clipped where that lowers the calibration error",
     )
-    p.add_argument(
-        "--check-alphas",
-        nargs="?",
-        const="0.4,0.5,0.6,0.7,0.8",
-        default=None,
-        metavar="ALPHAS",
-        help="with --alpha auto: also quantize with each of these single alphas (default 0.4,...,0.8) and keep "
-        "a single alpha instead of the searched ones where it lowers the calibration perplexity by over "
-        "0.25%% (one full quantization per candidate)",
-    )
+    add_check_alphas(p)
     p.add_argument("--num-samples", type=int, default=64, help="calibration sequences (default 64)")
     p.add_argument("--seq-len", type=int, default=512, help="tokens per calibration sequence (default 512)")
     p.add_argument(
@@ -104,25 +97,10 @@ def _alpha(text: str) -> float | str:
     return value
 
 
-def _check_alphas(text: str | None, alpha: float | str) -> tuple[float, ...]:
-    from smoothquant.errors import ArgumentError
-
-    if text is None:
-        return ()
-    if alpha != "auto":
-        raise ArgumentError("--check-alphas checks the result of --alpha auto; add --alpha auto or drop it")
-    try:
-        values = tuple(float(a) for a in text.split(",") if a.strip())
-    except ValueError:
-        raise ArgumentError(f"--check-alphas must be comma-separated numbers, got {text!r}") from None
-    if not values or any(not 0.0 <= a <= 1.0 for a in values):
-        raise ArgumentError(f"--check-alphas must be numbers in [0, 1], got {text!r}")
-    return values
-
-
 def _quantize(args: argparse.Namespace) -> int:
     import torch
 
+    from smoothquant.cli.evaluate import parse_check_alphas
     from smoothquant.errors import ArgumentError
     from smoothquant.export.oneshot import DEFAULT_CALIB, quantize_and_save
 
@@ -130,7 +108,7 @@ def _quantize(args: argparse.Namespace) -> int:
         if value < 1:
             raise ArgumentError(f"{flag} must be at least 1, got {value}")
     alpha = _alpha(args.alpha)
-    check = _check_alphas(args.check_alphas, alpha)
+    check = parse_check_alphas(args.check_alphas, alpha)
     if args.layerwise and check:
         raise ArgumentError("--check-alphas is not implemented with --layerwise; drop one of them")
     if args.layerwise and args.ranges != "absmax":

@@ -70,13 +70,15 @@ def parse_configs(
     linear_pairs: bool | str = False,
     rounding: str = "nearest",
     ranges: str = "absmax",
+    check_alphas: tuple[float, ...] = (),
 ) -> list[Config]:
     """Configs from scheme names (``fp`` for the reference), sharing one alpha.
 
     ``linear_pairs``: True / ``"all"`` for every row, or a comma-separated list of the schemes
     that also smooth linear -> linear pairs (``"O2,O3"``). ``rounding`` applies to the SmoothQuant
     rows; baselines (naive, ZeroQuant, LLM.int8()) keep round-to-nearest, as published, and
-    ``ranges`` (``"absmax"`` or ``"search"``) likewise."""
+    ``ranges`` (``"absmax"`` or ``"search"``) likewise. ``check_alphas``: with alpha ``"auto"``,
+    the single alphas the SmoothQuant rows' search is checked against."""
     check_rounding(rounding)
     if isinstance(linear_pairs, str):
         wanted = {n.strip().lower() for n in linear_pairs.split(",") if n.strip()}
@@ -100,6 +102,7 @@ def parse_configs(
                     pairs_here,
                     rounding if ours else "nearest",
                     ranges if ours else "absmax",
+                    tuple(check_alphas) if ours else (),
                 )
             )
     return out
