@@ -133,6 +133,7 @@ def test_check_alphas_are_recorded_and_refused_without_auto(tiny_checkpoint, cap
     for extra, message in (
         (["--check-alphas"], "--alpha auto"),
         (["--alpha", "auto", "--check-alphas", "0.5,x"], "comma-separated numbers"),
+        (["--alpha", "auto", "--check-alphas", "0.5,1.5"], "[0, 1]"),
         (["--alpha", "auto", "--check-alphas", "--layerwise"], "--layerwise"),
     ):
         code, _, stderr = _run([*args[:3], str(tmp_path / "bad"), *args[4:], *extra], capsys)

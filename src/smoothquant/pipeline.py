@@ -21,7 +21,7 @@ from smoothquant.errors import ArgumentError, CalibrationError
 from smoothquant.quantization import Scheme, get_scheme, quantization_targets, quantize
 from smoothquant.quantization.gptq import check_rounding
 from smoothquant.search import AlphaSearch, search_alpha
-from smoothquant.search.check import SEARCHED, ModelCheck, calibration_loss, candidates, check_grid, choose
+from smoothquant.search.check import ModelCheck, calibration_loss, candidates, check_grid, choose
 from smoothquant.smoothing import smooth
 from smoothquant.smoothing.smooth import Alpha
 
@@ -245,26 +245,23 @@ def _model_check(
     start = time.perf_counter()
     rows = sequences(calibration, options["seq_len"])[: options["num_samples"]]
     losses: dict[str, float] = {}
-    chosen: dict[str, tuple[Alpha, bool]] = {}
     tokens = 0
     cands = candidates(scheme, grid, linear_pairs)
     for i, cand in enumerate(cands):
-        alpha: Alpha = dict(searched) if cand.alpha is None else cand.alpha
         if progress:
             print(f"model check {i + 1}/{len(cands)}: {cand.label}", flush=True)
         built = quantize_model(
             copy.deepcopy(model),
             calibration,
             scheme,
-            alpha,
+            dict(searched) if cand.alpha is None else cand.alpha,
             linear_pairs=cand.linear_pairs,
             stats=stats,
             progress=False,
             **options,
         )
         losses[cand.label], tokens = calibration_loss(built.model, rows, options["batch_size"])
-        chosen[cand.label] = (alpha, cand.linear_pairs)
         del built
     check = choose(losses, tokens, time.perf_counter() - start)
-    alpha, pairs = chosen[check.chosen] if check.chosen != SEARCHED else (searched, linear_pairs)
-    return check, alpha, pairs
+    winner = next(c for c in cands if c.label == check.chosen)
+    return check, searched if winner.alpha is None else winner.alpha, winner.linear_pairs

@@ -52,18 +52,19 @@ def add_check_alphas(p: argparse.ArgumentParser) -> None:
 def parse_check_alphas(text: str | None, alpha: object) -> tuple[float, ...]:
     """``--check-alphas``: () when absent; refused unless alpha is ``auto``."""
     from smoothquant.errors import ArgumentError
+    from smoothquant.search.check import check_grid
 
     if text is None:
         return ()
     if alpha != "auto":
         raise ArgumentError("--check-alphas checks the result of --alpha auto; add --alpha auto or drop it")
     try:
-        values = tuple(float(a) for a in text.split(",") if a.strip())
+        values = [float(a) for a in text.split(",") if a.strip()]
     except ValueError:
         raise ArgumentError(f"--check-alphas must be comma-separated numbers, got {text!r}") from None
-    if not values or any(not 0.0 <= a <= 1.0 for a in values):
-        raise ArgumentError(f"--check-alphas must be numbers in [0, 1], got {text!r}")
-    return values
+    if not values:
+        raise ArgumentError("--check-alphas needs at least one alpha (or none after it: 0.4,...,0.8)")
+    return check_grid(values)  # the library's own range check
 
 
 def add_model_args(p: argparse.ArgumentParser, default_data: str) -> None:

@@ -122,7 +122,7 @@ def build(
         stats=stats,
         weight_rounding=config.rounding,
         ranges=config.ranges,
-        check_alphas=config.check_alphas or None,
+        check_alphas=config.check_alphas,
         progress=False,
     )
 

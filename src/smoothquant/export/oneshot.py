@@ -122,7 +122,7 @@ def quantize_and_save(
         num_samples=num_samples,
         weight_rounding=weight_rounding,
         ranges=ranges,
-        check_alphas=check_alphas or None,
+        check_alphas=check_alphas,
         progress=progress,
     )
     seconds |= result.seconds

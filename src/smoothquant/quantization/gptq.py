@@ -25,7 +25,8 @@ from collections.abc import Iterator, Mapping
 import torch
 
 from smoothquant.errors import QuantizationError
-from smoothquant.quantization.scheme import QMAX, WeightQuant
+from smoothquant.quantization.quantizer import round_clamp
+from smoothquant.quantization.scheme import WeightQuant
 
 ROUNDINGS = ("nearest", "gptq")
 BLOCK = 128  # columns rounded together before their error is pushed onto the rest (lazy update)
@@ -110,7 +111,7 @@ def _round_columns(w: torch.Tensor, s: torch.Tensor, hinv: torch.Tensor, q: torc
         err = torch.empty_like(w1)
         for i in range(i2 - i1):
             col, sc = w1[:, i], s[:, i1 + i]
-            qi = torch.clamp(torch.round(col / sc), -QMAX, QMAX)
+            qi = round_clamp(col, sc)
             q[:, i1 + i] = qi
             e = (col - qi * sc) / hb[i, i]
             w1[:, i:] -= e[:, None] * hb[i, i:][None, :]
@@ -163,7 +164,7 @@ def search_scale(
     errs = []
     for c in grid:
         s = base * c
-        e = w - torch.clamp(torch.round(w / s), -QMAX, QMAX) * s
+        e = w - round_clamp(w, s) * s
         per_row = ((e @ h) * e).sum(1)
         errs.append(per_row.sum().reshape(1) if spec.granularity == "tensor" else per_row)
     best = torch.stack(errs).argmin(0)  # [1] or [out]
