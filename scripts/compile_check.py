@@ -29,7 +29,9 @@ def main() -> None:
     base = {"x_ptr": "*bf16", "q_ptr": "*i8", "K": "i32", "stride_x": "i32", "stride_q": "i32"}
     for dyn, one in itertools.product((True, False), (True, False)):
         sig = {**base, "static_ptr": "*bf16" if dyn else "*fp32"}
-        build(q._quant_rows_kernel, sig, {"DYNAMIC": dyn, "BLOCK_K": 4096, "ONE_TILE": one}, num_warps=8)
+        k = build(q._quant_rows_kernel, sig, {"DYNAMIC": dyn, "BLOCK_K": 4096, "ONE_TILE": one, "PDL": True},
+                  num_warps=8, launch_pdl=True)  # fmt: skip
+        assert "griddepcontrol.wait" in k.asm["ptx"]
     sig = {
         **base,
         "w_ptr": "*bf16",
@@ -46,6 +48,7 @@ def main() -> None:
             "ROUND_BF16": True,
             "ROUND_F16": False,
             "BLOCK_K": 4096,
+            "PDL": dyn,
         }
         build(q._norm_quant_kernel, {**sig, "static_ptr": "*bf16" if dyn else "*fp32"}, const, num_warps=8)
     print("quant kernels OK")
@@ -59,14 +62,18 @@ def main() -> None:
             "a_scale_ptr": "*fp32", "stride_as": "i32", "b_scale_ptr": "*fp32", "bias_ptr": "*bf16", "c_ptr": "*bf16",
             "c_desc": f"tensordesc<bf16[{cfg.block_m},{cfg.block_n // (2 if cfg.subtile else 1)}]>" if tma else "constexpr",
             "stride_cm": "i32", "ws_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32", "num_programs": "i32",
+            "b_ptr": "*i8", "stride_b": "i32",
         }  # fmt: skip
         const = {"HAS_BIAS": True, "TMA_STORE": tma, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n,
-                 "BLOCK_K": cfg.block_k, "GROUP_M": cfg.group_m, "SPLIT_K": cfg.split_k, "FLATTEN": cfg.persistent, "SUBTILE": cfg.subtile}  # fmt: skip
+                 "BLOCK_K": cfg.block_k, "GROUP_M": cfg.group_m, "SPLIT_K": cfg.split_k, "FLATTEN": cfg.persistent, "SUBTILE": cfg.subtile,
+                 "PDL": True, "PREFETCH_K": cfg.prefetch_k}  # fmt: skip
         if not tma:
             const["c_desc"] = None
             del sig["c_desc"]
-        k = build(g._w8a8_gemm_kernel, sig, const, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        k = build(g._w8a8_gemm_kernel, sig, const, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                  launch_pdl=True)  # fmt: skip
         ptx = k.asm["ptx"]
+        assert "griddepcontrol.wait" in ptx and ("prefetch.global.L2" in ptx) == (cfg.prefetch_k > 0), cfg
         mma = "wgmma" if "wgmma" in ptx else "mma.sync" if "mma.sync" in ptx else "NO MMA"
         print(
             f"{cfg!s:32s} smem {k.metadata.shared:7d}  {mma:8s} tma {len(re.findall('cp.async.bulk.tensor', ptx))}"
@@ -76,7 +83,7 @@ def main() -> None:
     build(
         g._split_k_reduce_kernel,
         sig,
-        {"HAS_BIAS": True, "SPLIT_K": 2, "BLOCK_M": 16, "BLOCK_N": 256},
+        {"HAS_BIAS": True, "SPLIT_K": 2, "BLOCK_M": 16, "BLOCK_N": 256, "PDL": True},
         num_warps=4,
     )
     print("gemm kernels OK")

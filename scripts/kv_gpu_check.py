@@ -86,21 +86,24 @@ def main() -> None:
         del bf
         base = triton_kv.default_splits(b * H, length, 64, q.device)
         variants = [
-            (4, 64, 4, None),
-            (4, 64, 4, 2 * base),
-            (4, 128, 8, None),
-            (4, 64, 8, None),
-            (16, 64, 4, None),
+            (4, 64, 4, None, 2),
+            (4, 64, 4, None, 3),
+            (4, 64, 4, None, 4),
+            (4, 64, 4, 2 * base, 3),
+            (4, 128, 4, None, 3),
+            (4, 128, 8, None, 3),
+            (4, 32, 4, 2 * base, 4),
+            (16, 64, 4, None, 3),
         ]
-        for align, bn, nw, sp in variants:
-            kw = dict(align=align, block_n=bn, num_warps=nw, num_splits=sp)
+        for align, bn, nw, sp, st in variants:
+            kw = dict(align=align, block_n=bn, num_warps=nw, num_splits=sp, num_stages=st)
             fns = [
                 lambda q=q, k=k, v=v, m=mask, kw=kw: triton_kv.decode_attention(q, k, v, m, D**-0.5, **kw)
                 for k, v in i8[align]
             ]
             t = cuda_time_ms(fns, reps=20)
             w = D + align
-            label = f"int8 a{align} n{bn} w{nw} splits {sp or base}"
+            label = f"int8 a{align} n{bn} w{nw} s{st} splits {sp or base}"
             rows.append((b, ctx, label, t, b * H * (ctx + 1) * w * 2 / t / 1e6))
         del i8
         torch.cuda.empty_cache()

@@ -50,6 +50,18 @@ def test_quantize_rows_gives_the_reference_integers(m, k, dtype, spec, static):
     assert torch.equal(scale, s_ref.reshape(-1).expand(m))
 
 
+@pytest.mark.parametrize(("m", "k", "block_k"), [(3, 37, 16), (2, 9000, None), (2, 9000, 4096)])
+def test_quantize_rows_row_blocks_give_the_reference_integers(m, k, block_k):
+    # rows wider than one block take the two-loop path; few wide rows stay in registers
+    from smoothquant.kernels import triton_quant
+    from smoothquant.kernels.packing import unpack
+
+    x = _x(m, k, torch.bfloat16)
+    q, scale = unpack(triton_quant.quantize_rows(x, None, block_k=block_k), k)
+    q_ref, s_ref = quantize_activation(x.float(), TOKEN_DYNAMIC, None)
+    assert torch.equal(q.float(), q_ref) and torch.equal(scale, s_ref.reshape(-1))
+
+
 def test_quantize_rows_rounds_half_to_even_and_clamps():
     x = torch.tensor([[0.5, 1.5, 2.5, -0.5, -2.5, 126.5, 300.0, -300.0, 0.0]], device=DEV)
     q, _ = ops.quantize_rows(x, TENSOR_STATIC, torch.tensor([1.0], device=DEV), "triton")

@@ -112,6 +112,23 @@ def test_decode_kernel_matches_float64_attention(d, g, s, length, splits, padded
     assert err < (1e-4 if dtype == torch.float32 else 2**-6), err
 
 
+@pytest.mark.parametrize("splits", [1, 3])
+def test_decode_kernel_skips_masked_rows_anywhere(splits):
+    # holes inside the attended range, a fully masked head of the cache, a query with one key
+    b, hkv, g, s, d, length = 2, 2, 2, 2, 32, 150
+    q = _kv(b, hkv * g, s, d, 9)
+    kc, vc = kv_ops.quantize_kv(_kv(b, hkv, length, d, 10), _kv(b, hkv, length, d, 11), "cpu")
+    gen = torch.Generator().manual_seed(12)
+    mask = torch.rand(b, hkv * g, s, length, generator=gen) < 0.3
+    mask[..., :40] = False
+    mask[0, 1, 0] = False
+    mask[0, 1, 0, 77] = True
+    mask = mask.to(DEV)
+    out = kv_ops.decode_attention(q, kc.to(DEV), vc.to(DEV), mask, d**-0.5, num_splits=splits)
+    ref = _reference_attention(q, kc.to(DEV), vc.to(DEV), mask, d**-0.5)
+    assert (out.double() - ref).abs().max() < 1e-4 * ref.abs().max()
+
+
 def test_decode_kernel_is_causal_without_mask_for_several_queries():
     q = _kv(1, 2, 4, 64, 6)
     kc, vc = kv_ops.quantize_kv(_kv(1, 2, 4, 64, 7), _kv(1, 2, 4, 64, 8), "cpu")

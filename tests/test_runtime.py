@@ -10,6 +10,7 @@ from smoothquant.errors import BackendError, QuantizationError
 from smoothquant.quantization import FakeQuantLinear
 from smoothquant.quantization.scheme import PER_CHANNEL, PER_TENSOR, TENSOR_STATIC, TOKEN_DYNAMIC
 from smoothquant.runtime import Int8Linear, Int8Norm, convert, resolve_backend
+from smoothquant.runtime.fused import Int8LinearSlice, Int8SiblingGroup
 from tiny_models import tiny_batches, tiny_model
 
 
@@ -34,12 +35,66 @@ def test_converted_model_logits_equal_fake_quant(family, scheme, backend):
         got = model(ids).logits.float()
     report = model.smoothquant_conversion
     assert not any(isinstance(m, FakeQuantLinear) for m in model.modules())
-    assert len(report.converted) == sum(isinstance(m, Int8Linear) for m in model.modules()) > 0
-    # folded norms: every block's norms on Triton, none elsewhere
+    runtime = (Int8Linear, Int8LinearSlice)
+    assert len(report.converted) == sum(isinstance(m, runtime) for m in model.modules()) > 0
+    # folded norms: every block's norms on Triton, none elsewhere; their sibling consumers fused
     assert len(report.folded_norms) == (sum(isinstance(m, Int8Norm) for m in model.modules()))
     assert (len(report.folded_norms) > 0) == (backend == "triton")
+    slices = sum(isinstance(m, Int8LinearSlice) for m in model.modules())
+    assert slices == sum(map(len, report.fused.values())) and (slices > 0) == (backend == "triton")
     # same integers; the outputs differ by bf16 rounding of intermediate results only
     assert ((got - want).norm() / want.norm()).item() < 2e-2
+
+
+@pytest.mark.parametrize("family", ["llama", "falcon-7b"])
+@pytest.mark.parametrize("scheme", ["O1", "O3"])
+def test_fused_siblings_give_the_unfused_logits_exactly(family, scheme):
+    _triton_or_skip()
+    import copy
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    model = tiny_model(family, torch.bfloat16).to(dev)
+    ids = tiny_batches(2, 12).to(dev)
+    sq.quantize_model(model, ids, scheme=scheme, alpha=0.5)
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        fused = convert(model, "triton")(ids).logits
+        unfused = convert(other, "triton", fuse_siblings=False)(ids).logits
+    assert model.smoothquant_conversion.fused and not other.smoothquant_conversion.fused
+    # the family table still resolves against the fused model (the benchmark reads its blocks)
+    from smoothquant.families import resolve
+
+    assert resolve(model).layers_path == resolve(other).layers_path
+    # one GEMM over the concatenated weights computes each column as the separate GEMMs do
+    assert torch.equal(fused, unfused)
+
+    # the weights are stored once: the slices hold no tensors
+    def int8_numel(m):
+        return sum(b.numel() for b in m.buffers() if b.dtype == torch.int8)
+
+    assert int8_numel(model) == int8_numel(other)
+
+
+@pytest.mark.parametrize("fuse_max_rows", [2048, 1])
+def test_sibling_group_serves_each_member_its_slice_for_any_call_order(monkeypatch, fuse_max_rows):
+    _triton_or_skip()
+    from smoothquant.runtime import fused
+
+    monkeypatch.setattr(fused, "FUSE_MAX_ROWS", fuse_max_rows)  # 1: members run their own GEMMs
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator().manual_seed(0)
+    linears = [torch.nn.Linear(32, n, bias=b) for n, b in ((16, True), (8, False), (24, True))]
+    members = [
+        Int8Linear.from_float(lin.to(dev), PER_CHANNEL, TOKEN_DYNAMIC, backend="triton") for lin in linears
+    ]
+    group = Int8SiblingGroup(members)
+    slices = [Int8LinearSlice(group, i, "g") for i in range(3)]
+    x, y = (torch.randn(5, 32, generator=g).to(dev) for _ in range(2))
+    want = {(i, k): m(t) for i, m in enumerate(members) for k, t in (("x", x), ("y", y))}
+    # any order, repeats and interleaved inputs: always the member's own result
+    for i, k in [(2, "x"), (0, "x"), (0, "x"), (1, "y"), (1, "x"), (2, "y"), (0, "y")]:
+        assert torch.equal(slices[i](x if k == "x" else y), want[i, k])
+    assert torch.equal(slices[1].weight_int8, members[1].weight_int8)
 
 
 @pytest.mark.parametrize("weights", [PER_TENSOR, PER_CHANNEL])

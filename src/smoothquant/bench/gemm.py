@@ -33,6 +33,8 @@ from smoothquant.runtime import ops
 SHAPES: dict[str, list[tuple[str, int, int]]] = {
     "llama-2-7b": [("q/k/v/o", 4096, 4096), ("gate/up", 4096, 11008), ("down", 11008, 4096)],
     "llama-2-13b": [("q/k/v/o", 5120, 5120), ("gate/up", 5120, 13824), ("down", 13824, 5120)],
+    # the runtime's fused sibling GEMMs (runtime/fused.py): q+k+v and gate+up in one launch
+    "llama-2-7b-fused": [("qkv", 4096, 12288), ("gate+up", 4096, 22016)],
 }
 M_VALUES = (1, 16, 128, 512, 2048, 8192)
 METHODS = ("bf16", "ours", "ours_gemm", "int_mm_e2e", "int_mm", "fp8")
@@ -185,14 +187,15 @@ def sweep_configs() -> dict[str, list]:
 
     return {
         "small": [
-            C(16, 64, 256, 4, 4),
-            C(16, 64, 256, 4, 6),
-            C(16, 32, 256, 4, 4),
             C(16, 32, 256, 4, 6),
-            C(16, 16, 256, 4, 8),
-            C(16, 32, 128, 4, 8),
-            C(16, 64, 256, 4, 4, split_k=2),
-            C(16, 128, 256, 4, 4, split_k=4),
+            C(16, 32, 256, 4, 6, prefetch_k=512),
+            C(16, 32, 256, 4, 6, prefetch_k=2048),
+            C(16, 32, 512, 4, 4, prefetch_k=1024),
+            C(16, 16, 512, 4, 6, prefetch_k=1024),
+            C(16, 64, 256, 4, 4, prefetch_k=1024),
+            C(16, 32, 256, 2, 6, prefetch_k=1024),
+            C(16, 32, 256, 8, 6, prefetch_k=1024),
+            C(16, 64, 256, 4, 4, split_k=2, prefetch_k=1024),
         ],
         "m128": [
             C(64, 128, 128, 4, 4, persistent=True),
@@ -204,6 +207,8 @@ def sweep_configs() -> dict[str, list]:
             C(64, 128, 128, 4, 4, split_k=2),
             C(128, 64, 128, 4, 4),
             C(64, 32, 256, 4, 4),
+            C(64, 128, 128, 4, 4, prefetch_k=512),
+            C(64, 128, 128, 4, 4, split_k=2, prefetch_k=512),
         ],
         "m512": [
             C(64, 256, 128, 4, 4),
@@ -218,6 +223,9 @@ def sweep_configs() -> dict[str, list]:
             C(128, 256, 128, 8, 4, persistent=True, subtile=True),
             C(128, 64, 128, 4, 4, persistent=True),
             C(64, 256, 128, 4, 4, split_k=2),
+            C(64, 256, 128, 4, 4, persistent=True, prefetch_k=256),
+            C(128, 256, 128, 8, 4, persistent=True, subtile=True, prefetch_k=256),
+            C(128, 128, 128, 8, 4, split_k=2, prefetch_k=256),
         ],
         "large": [
             C(128, 256, 128, 8, 3, persistent=True),
@@ -227,5 +235,6 @@ def sweep_configs() -> dict[str, list]:
             C(128, 256, 128, 8, 3, group_m=4, persistent=True),
             C(128, 256, 128, 8, 3),
             C(256, 128, 128, 8, 3, persistent=True),
+            C(128, 256, 128, 8, 4, persistent=True, subtile=True, prefetch_k=256),
         ],
     }

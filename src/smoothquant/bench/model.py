@@ -174,10 +174,13 @@ def run(
     quantize_lm_head: bool = False,
     reps: int = 10,
     kv_caches: tuple[str, ...] = ("float",),
+    unfused: bool = False,
     log=print,
 ) -> list[ModelResult]:
     """Measure the floating-point model (``dtype`` and any ``baselines`` dtypes), then each scheme;
-    decode with each of ``kv_caches`` ("float": the model's dtype, "int8")."""
+    decode with each of ``kv_caches`` ("float": the model's dtype, "int8"). ``unfused`` also times
+    each scheme with its sibling linears (q/k/v, gate/up) as separate GEMMs, as transformers'
+    floating-point model runs them (label ``+unfused``)."""
     base = load_model(model_spec, device, dtype)
     results = [measure(base, str(dtype).removeprefix("torch."), list(prefill), list(decode), reps, kv_caches)]
     log(format_result(results[-1]))
@@ -191,13 +194,14 @@ def run(
     if any(not get_scheme(s).inputs.dynamic for s in schemes):
         ids = torch.randint(0, base.config.vocab_size, (2, 128), device=base.device)
         stats = calibrate(base, ids)
-    for i, scheme in enumerate(schemes):
-        # the last scheme quantizes the base model itself: one copy fewer (16@4096 with a bf16
+    runs = [(s, fuse) for s in schemes for fuse in ((False, True) if unfused else (True,))]
+    for i, (scheme, fuse) in enumerate(runs):
+        # the last run quantizes the base model itself: one copy fewer (16@4096 with a bf16
         # cache does not fit beside two copies of a 7B model on an 80 GB GPU)
-        last = i == len(schemes) - 1
+        last = i == len(runs) - 1
         q = quantize(base, scheme, stats, quantize_lm_head=quantize_lm_head, inplace=last)
-        convert(q)
-        label = scheme + ("+head" if quantize_lm_head else "")
+        convert(q, fuse_siblings=fuse)
+        label = scheme + ("+head" if quantize_lm_head else "") + ("" if fuse else "+unfused")
         results.append(measure(q, label, list(prefill), list(decode), reps, kv_caches))
         log(format_result(results[-1]))
         del q

@@ -12,7 +12,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     which = p.add_subparsers(dest="what", required=True, metavar="WHAT")
     g = which.add_parser("gemm", help="Llama-2 linear shapes: ours vs cuBLAS bf16, torch._int_mm, fp8 (CUDA)")
     g.add_argument(
-        "--models", default="llama-2-7b,llama-2-13b", help="comma-separated: llama-2-7b,llama-2-13b"
+        "--models",
+        default="llama-2-7b,llama-2-13b",
+        help="comma-separated: llama-2-7b,llama-2-13b (also: llama-2-7b-fused, the fused q+k+v and gate+up shapes)",
     )
     g.add_argument("--m", default="1,16,128,512,2048,8192", help="token counts M, comma-separated")
     g.add_argument("--sweep", action="store_true", help="also time every candidate GEMM config")
@@ -35,6 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="float",
         help="KV caches to decode with, comma-separated: float (the model's dtype), int8 (also times "
         "the INT8 KV cache; speed-ups against the first model's float cache)",
+    )
+    m.add_argument(
+        "--unfused",
+        action="store_true",
+        help="also time each scheme with q/k/v and gate/up as separate GEMMs (row '+unfused')",
     )
     m.add_argument("--reps", type=int, default=10)
     m.add_argument("--json", help="write all numbers to this file")
@@ -116,6 +123,7 @@ def _model(args: argparse.Namespace) -> int:
         quantize_lm_head=args.quantize_lm_head,
         reps=args.reps,
         kv_caches=_kv_caches(args.kv_cache),
+        unfused=args.unfused,
     )
     if args.json:
         with open(args.json, "w") as f:

@@ -21,7 +21,10 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 from triton.tools.tensor_descriptor import TensorDescriptor
+
+from smoothquant.kernels.launch import pdl_kwargs, use_pdl
 
 
 @dataclass(frozen=True)
@@ -35,11 +38,13 @@ class GemmConfig:
     split_k: int = 1
     persistent: bool = False
     subtile: bool = False  # store the output in two halves: half the staging buffer, one more stage
+    prefetch_k: int = 0  # PDL: columns of the first weight tile pulled into L2 while the previous kernel runs
 
     def __str__(self) -> str:
         s = f"{self.block_m}x{self.block_n}x{self.block_k} w{self.num_warps} s{self.num_stages}"
         s += f" g{self.group_m}" if self.group_m != 8 else ""
         s += f" sk{self.split_k}" if self.split_k > 1 else ""
+        s += f" pf{self.prefetch_k}" if self.prefetch_k else ""
         return s + (" P" if self.persistent else "") + (" ST" if self.subtile else "")
 
 
@@ -51,8 +56,8 @@ def _wave_efficiency(tiles: int, num_sms: int) -> float:
 def choose_config(m: int, n: int, num_sms: int = 132) -> GemmConfig:
     """Tile shapes by problem size: the fastest of ``smoothquant bench gemm --sweep`` on an H100
     for Llama-2 7B/13B shapes (docs/kernels-notes.md)."""
-    if m <= 16:
-        return GemmConfig(16, 32, 256, 4, 6)
+    if m <= 16:  # weight-streaming: many narrow column tiles, deep pipelines
+        return GemmConfig(16, 32, 512, 4, 4, prefetch_k=1024) if n >= 8192 else GemmConfig(16, 32, 256, 4, 6)
     if m <= 128:
         return GemmConfig(64, 128, 128, 4, 4, split_k=1 if n >= 8192 else 2)
     if m <= 512:
@@ -71,6 +76,38 @@ def _tile_coords(tile, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
     first_m = (tile // group) * GROUP_M
     size_m = tl.minimum(num_pid_m - first_m, GROUP_M)
     return first_m + (tile % group) % size_m, (tile % group) // size_m
+
+
+@triton.jit
+def _prefetch_l2(ptr, stride, r0, R, c0, C, ROWS: tl.constexpr, COLS: tl.constexpr):
+    # one prefetch.global.L2 per 128-byte line of ptr[r0:r0+ROWS, c0:c0+COLS] (clipped to R x C);
+    # lines outside are replaced by the first line, a no-op prefetch
+    rows = r0 + tl.arange(0, ROWS)
+    cols = c0 + tl.arange(0, COLS // 128) * 128
+    ok = (rows[:, None] < R) & (cols[None, :] < C)
+    lines = tl.where(ok, ptr + rows[:, None].to(tl.int64) * stride + cols[None, :], ptr)
+    tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [lines], dtype=tl.int32,
+                              is_pure=False, pack=1)  # fmt: skip
+
+
+@triton.jit
+def _pdl_enter(b_ptr, stride_b, first, M, N, K, PDL: tl.constexpr, PREFETCH_K: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+               SPLIT_K: tl.constexpr):  # fmt: skip
+    # Programmatic dependent launch: this grid starts while the previous kernel (the activation
+    # quantization, or the previous GEMM) is still running. The weights do not depend on it, so
+    # the first tile's weight columns go to L2 first; gdc_wait then blocks until the previous
+    # grid has finished and its writes are visible, before anything reads the activations.
+    if PDL:
+        if PREFETCH_K > 0:
+            num_pid_m = tl.cdiv(M, BLOCK_M)
+            num_pid_n = tl.cdiv(N, BLOCK_N)
+            k_per_split = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K)
+            _, pid_n = _tile_coords(first // SPLIT_K, num_pid_m, num_pid_n, GROUP_M)
+            _prefetch_l2(b_ptr, stride_b, pid_n * BLOCK_N, N, (first % SPLIT_K) * k_per_split * BLOCK_K, K,
+                         BLOCK_N, PREFETCH_K)  # fmt: skip
+        gdc_wait()
+        gdc_launch_dependents()
 
 
 @triton.jit
@@ -102,11 +139,13 @@ def _epilogue(acc, m0, n0, M, N, a_scale_ptr, stride_as, b_scale_ptr, bias_ptr, 
 @triton.jit
 def _w8a8_gemm_kernel(
     a_desc, b_desc, a_scale_ptr, stride_as, b_scale_ptr, bias_ptr, c_ptr, c_desc, stride_cm, ws_ptr,
-    M, N, K, num_programs,
+    M, N, K, num_programs, b_ptr, stride_b,
     HAS_BIAS: tl.constexpr, TMA_STORE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr, FLATTEN: tl.constexpr,
-    SUBTILE: tl.constexpr,
+    SUBTILE: tl.constexpr, PDL: tl.constexpr = False, PREFETCH_K: tl.constexpr = 0,
 ):  # fmt: skip
+    _pdl_enter(b_ptr, stride_b, tl.program_id(0), M, N, K, PDL, PREFETCH_K, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M,
+               SPLIT_K)  # fmt: skip
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
     k_tiles = tl.cdiv(K, BLOCK_K)
@@ -136,7 +175,11 @@ def _w8a8_gemm_kernel(
 def _split_k_reduce_kernel(
     ws_ptr, split_stride, a_scale_ptr, stride_as, b_scale_ptr, bias_ptr, c_ptr, stride_cm, M, N,
     HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):  # fmt: skip
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
     m0 = tl.program_id(0) * BLOCK_M
     n0 = tl.program_id(1) * BLOCK_N
     offs_m = m0 + tl.arange(0, BLOCK_M)
@@ -180,18 +223,21 @@ def int8_gemm(
     store_n = cfg.block_n // 2 if cfg.subtile else cfg.block_n
     c_desc = TensorDescriptor.from_tensor(c, [cfg.block_m, store_n]) if tma_store else None
     bias_arg = b_scale if bias is None else bias
+    pdl = use_pdl(a.device)
     _w8a8_gemm_kernel[(programs,)](
         TensorDescriptor.from_tensor(a, [cfg.block_m, cfg.block_k]),
         TensorDescriptor.from_tensor(b, [cfg.block_n, cfg.block_k]),
         a_scale, a_scale.stride(0), b_scale, bias_arg, c, c_desc, c.stride(0), ws, m, n, k, programs,
-        HAS_BIAS=bias is not None, TMA_STORE=tma_store, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, SPLIT_K=cfg.split_k, FLATTEN=cfg.persistent,
-        SUBTILE=cfg.subtile, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        b, b.stride(0), HAS_BIAS=bias is not None, TMA_STORE=tma_store, BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, SPLIT_K=cfg.split_k,
+        FLATTEN=cfg.persistent, SUBTILE=cfg.subtile, PDL=pdl, PREFETCH_K=cfg.prefetch_k if pdl else 0,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_kwargs(pdl),
     )  # fmt: skip
     if cfg.split_k > 1:
         block_m, block_n = min(triton.next_power_of_2(m), 16), 256
         _split_k_reduce_kernel[(triton.cdiv(m, block_m), triton.cdiv(n, block_n))](
             ws, m * n, a_scale, a_scale.stride(0), b_scale, bias_arg, c, c.stride(0), m, n,
-            HAS_BIAS=bias is not None, SPLIT_K=cfg.split_k, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4,
+            HAS_BIAS=bias is not None, SPLIT_K=cfg.split_k, BLOCK_M=block_m, BLOCK_N=block_n, PDL=pdl,
+            num_warps=4, **pdl_kwargs(pdl),
         )  # fmt: skip
     return c

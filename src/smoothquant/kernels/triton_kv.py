@@ -9,7 +9,8 @@ all query heads of a GQA group and all query positions (a few) share the program
 row is read once. Integers go to the tensor cores in the query's dtype (exact for |q| <= 127), the
 key scale multiplies the fp32 scores, the value scale the probabilities; softmax runs in fp32
 (base 2). With more than one slice a second kernel merges the partial outputs by their
-log-sum-exp. Cache rows no query may attend to (by the mask) are not read from memory.
+log-sum-exp. Cache rows outside the range the queries attend to (by the mask: a static cache's
+unwritten tail, a left-padded row's head) are not read from memory.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from smoothquant.kernels.packing import KV_PACK_ALIGN, packed_width
 from smoothquant.kernels.triton_quant import _nonfinite, _round_clamp, _row_scale
 
 _LOG2E = 1.4426950408889634
+_MASK_BLOCK = tl.constexpr(256)  # mask bytes per step of the attended-range scan
 
 
 @triton.jit
@@ -117,15 +119,29 @@ def _decode_attn_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     start = split * split_len
     end = tl.minimum(start + split_len, L)
-    for n0 in range(start, end, BLOCK_N):
+    m_rows = m_ptr + b * sm_b + h[:, None] * sm_h + s[:, None] * sm_s
+    if HAS_MASK:
+        # First the range of cache rows some query attends to (a static cache's unwritten tail
+        # is never read). The loop below then loads K/V by address alone, so the compiler can
+        # prefetch the next blocks while this one computes; gating each block's loads on its
+        # mask bytes made every iteration wait for two dependent loads (~1 TB/s).
+        lo = end
+        hi = start
+        for r0 in range(start, end, _MASK_BLOCK):
+            r = r0 + tl.arange(0, _MASK_BLOCK)
+            allowed = tl.load(m_rows + r[None, :], mask=row_ok[:, None] & (r < end)[None, :], other=0)
+            used = tl.max((allowed != 0).to(tl.int32), 0) > 0
+            lo = tl.minimum(lo, tl.min(tl.where(used, r, end), 0))
+            hi = tl.maximum(hi, tl.max(tl.where(used, r + 1, start), 0))
+    else:
+        lo = start
+        hi = end
+    for n0 in range(lo, hi, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
-        ok = row_ok[:, None] & (n < end)[None, :]
+        need = n < hi
+        ok = row_ok[:, None] & need[None, :]
         if HAS_MASK:
-            allowed = tl.load(
-                m_ptr + b * sm_b + h[:, None] * sm_h + s[:, None] * sm_s + n[None, :], mask=ok, other=0
-            )
-            ok = ok & (allowed != 0)
-        need = tl.max(ok.to(tl.int32), 0) > 0  # rows some query attends to: the only ones read
+            ok = ok & (tl.load(m_rows + n[None, :], mask=ok, other=0) != 0)
         kq = tl.load(k_rows + n[:, None] * W + d[None, :], mask=need[:, None] & d_ok[None, :], other=0)
         ks = tl.load(k_scales + n * (W // 4), mask=need, other=0.0)
         scores = tl.dot(q, tl.trans(kq.to(DOT_DTYPE)), input_precision=PRECISION)

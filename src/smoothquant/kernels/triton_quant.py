@@ -16,7 +16,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
+from smoothquant.kernels.launch import pdl_kwargs, use_pdl
 from smoothquant.kernels.packing import PACK_ALIGN, packed_width
 from smoothquant.quantization.quantizer import MIN_ABSMAX
 from smoothquant.quantization.scheme import QMAX
@@ -64,10 +66,20 @@ def _row_scale(absmax, static_ptr, DYNAMIC: tl.constexpr):
 
 
 @triton.jit
+def _pdl_enter(PDL: tl.constexpr):
+    # launched early under programmatic dependent launch: wait for the producer of x, then let
+    # the GEMM that reads these rows start its weight prefetch
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
+
+
+@triton.jit
 def _quant_rows_kernel(
     x_ptr, q_ptr, static_ptr, K, stride_x, stride_q,
-    DYNAMIC: tl.constexpr, BLOCK_K: tl.constexpr, ONE_TILE: tl.constexpr,
+    DYNAMIC: tl.constexpr, BLOCK_K: tl.constexpr, ONE_TILE: tl.constexpr, PDL: tl.constexpr = False,
 ):  # fmt: skip
+    _pdl_enter(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK_K)
     x_row = x_ptr + row * stride_x
@@ -96,8 +108,9 @@ def _quant_rows_kernel(
 def _norm_quant_kernel(
     x_ptr, w_ptr, b_ptr, q_ptr, static_ptr, K, stride_x, stride_q, eps, w_offset,
     RMS: tl.constexpr, HAS_BIAS: tl.constexpr, DYNAMIC: tl.constexpr,
-    ROUND_BF16: tl.constexpr, ROUND_F16: tl.constexpr, BLOCK_K: tl.constexpr,
+    ROUND_BF16: tl.constexpr, ROUND_F16: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr = False,
 ):  # fmt: skip
+    _pdl_enter(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK_K)
     mask = cols < K
@@ -144,12 +157,16 @@ def quantize_rows(
     packed = torch.empty((m, width), dtype=torch.int8, device=x.device)
     many = m >= 256
     block = block_k or (2048 if many else triton.next_power_of_2(k))
-    block = block if block <= 8192 else 4096  # wider rows in registers measured slower
+    # the whole row in registers: one pass over x, and one load latency instead of two loops of
+    # them for few rows; wider than 8192 measured slower when many rows run at once
+    block = block if block <= (8192 if many else 16384) else 4096
     num_warps = num_warps or (4 if many else 16)
+    pdl = use_pdl(x.device)
     if m:
         _quant_rows_kernel[(m,)](
             x2, packed, x2 if static_scale is None else static_scale, k, x2.stride(0), width,
-            DYNAMIC=static_scale is None, BLOCK_K=block, ONE_TILE=block >= k, num_warps=num_warps,
+            DYNAMIC=static_scale is None, BLOCK_K=block, ONE_TILE=block >= k, PDL=pdl, num_warps=num_warps,
+            **pdl_kwargs(pdl),
         )  # fmt: skip
     return packed.reshape(*x.shape[:-1], width)
 
@@ -180,7 +197,8 @@ def norm_quantize_rows(
             weight if static_scale is None else static_scale, k, x2.stride(0), width, eps, weight_offset,
             RMS=rms, HAS_BIAS=bias is not None,
             DYNAMIC=static_scale is None, ROUND_BF16=x.dtype == torch.bfloat16,
-            ROUND_F16=x.dtype == torch.float16, BLOCK_K=block,
+            ROUND_F16=x.dtype == torch.float16, BLOCK_K=block, PDL=use_pdl(x.device),
             num_warps=min(max(block // 512, 1), 16) if m >= 256 else 16,  # as quantize_rows
+            **pdl_kwargs(use_pdl(x.device)),
         )  # fmt: skip
     return packed.reshape(*x.shape[:-1], width)

@@ -13,6 +13,7 @@ from smoothquant.families import resolve
 from smoothquant.nn_utils import model_dtype, set_submodule
 from smoothquant.quantization.fake import FakeQuantLinear
 from smoothquant.runtime import ops
+from smoothquant.runtime.fused import Int8LinearSlice, Int8SiblingGroup
 from smoothquant.runtime.linear import Int8Linear, unsupported_reason
 from smoothquant.runtime.norm import Int8Norm
 
@@ -28,6 +29,7 @@ class ConversionReport:
     kept: dict[str, str] = field(default_factory=dict)  # name -> why it stays fake-quant
     folded_norms: list[str] = field(default_factory=list)
     not_folded: dict[str, str] = field(default_factory=dict)  # norm -> why
+    fused: dict[str, list[str]] = field(default_factory=dict)  # sibling group -> member linears
 
     def summary(self) -> str:
         s = f"INT8 runtime ({self.backend}): {len(self.converted)} linears converted"
@@ -36,6 +38,8 @@ class ConversionReport:
             s += f", {len(self.kept)} kept as fake-quant ({'; '.join(reasons)})"
         if self.folded_norms:
             s += f", {len(self.folded_norms)} norms emit INT8 directly"
+        if self.fused:
+            s += f", {sum(map(len, self.fused.values()))} linears in {len(self.fused)} fused sibling GEMMs"
         return s
 
 
@@ -45,8 +49,9 @@ def _device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _fold_norms(model: nn.Module, backend: str, report: ConversionReport) -> None:
-    """Replace each norm whose consumers are all Int8Linears sharing one activation quantizer."""
+def _fold_norms(model: nn.Module, backend: str, report: ConversionReport, fuse_siblings: bool) -> None:
+    """Replace each norm whose consumers are all Int8Linears sharing one activation quantizer;
+    with ``fuse_siblings``, its consumers become one GEMM (:mod:`smoothquant.runtime.fused`)."""
     try:
         groups = resolve(model).groups
     except UnsupportedModelError as e:
@@ -75,13 +80,36 @@ def _fold_norms(model: nn.Module, backend: str, report: ConversionReport) -> Non
             if isinstance(folded, Int8Norm):
                 set_submodule(model, group.producer_name, folded)
                 report.folded_norms.append(group.producer_name)
+                if fuse_siblings and len(consumers) > 1:
+                    _fuse(model, folded, group.producer_name, group.consumers, report)
                 continue
             why = folded
         report.not_folded[group.producer_name] = why
 
 
+def _fuse(
+    model: nn.Module,
+    norm: Int8Norm,
+    norm_name: str,
+    consumers: dict[str, nn.Module],
+    report: ConversionReport,
+) -> None:
+    """The folded norm's consumers as slices of one :class:`Int8SiblingGroup`, registered on the
+    norm (``<norm>.consumers``) so that the weights move and count with the model, once."""
+    members = list(consumers.values())
+    if len({(m.in_features, m.out_dtype, m.backend) for m in members}) != 1:
+        return
+    norm.consumers = Int8SiblingGroup(members)
+    group_name = f"{norm_name}.consumers"
+    for i, name in enumerate(consumers):
+        set_submodule(model, name, Int8LinearSlice(norm.consumers, i, group_name))
+    report.fused[group_name] = list(consumers)
+
+
 @torch.no_grad()
-def convert(model: nn.Module, backend: str = "auto", *, fold_norms: bool = True) -> nn.Module:
+def convert(
+    model: nn.Module, backend: str = "auto", *, fold_norms: bool = True, fuse_siblings: bool = True
+) -> nn.Module:
     """Replace, in place, every :class:`FakeQuantLinear` the INT8 kernels support by an
     :class:`Int8Linear` and return the model.
 
@@ -93,6 +121,10 @@ def convert(model: nn.Module, backend: str = "auto", *, fold_norms: bool = True)
     ``fold_norms`` (Triton only, where it saves passes): norms whose outputs feed only INT8
     linears sharing one activation quantizer (per-token dynamic, or per-tensor static with one
     scale) emit the INT8 rows themselves (:class:`Int8Norm`).
+
+    ``fuse_siblings`` (with folded norms): the linears reading one folded norm (q/k/v; gate/up)
+    run as one GEMM over their concatenated weights (:mod:`smoothquant.runtime.fused`): fewer
+    launches, and a wider GEMM that fills the GPU at small token counts.
 
     What was converted is logged and kept in ``model.smoothquant_conversion``.
     """
@@ -110,7 +142,7 @@ def convert(model: nn.Module, backend: str = "auto", *, fold_norms: bool = True)
         set_submodule(model, name, Int8Linear.from_fake(fake, backend, dtype))
         report.converted.append(name)
     if fold_norms and concrete == "triton":
-        _fold_norms(model, backend, report)
+        _fold_norms(model, backend, report, fuse_siblings)
     model.smoothquant_conversion = report
     log.info(report.summary())
     return model

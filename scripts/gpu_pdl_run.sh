@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# One device call: kernel correctness, then GEMM and model tables with programmatic dependent
+# launch on and off (SMOOTHQUANT_PDL), every pair measured on the same machine. Logs go to $OUT.
+# Usage on the device machine: bash scripts/gpu_pdl_run.sh [steps...]  (default: all)
+set -u
+export PYTHONPATH=src
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+steps=${*:-check gemm model}
+for step in $steps; do
+  case $step in
+    check) python3 scripts/gpu_check.py > "$OUT/check.log" 2>&1; tail -3 "$OUT/check.log";;
+    gemm)
+      python3 -m smoothquant bench gemm --models llama-2-7b --sweep --json "$OUT/gemm_pdl.json" > "$OUT/gemm_pdl.log" 2>&1
+      SMOOTHQUANT_PDL=0 python3 -m smoothquant bench gemm --models llama-2-7b --json "$OUT/gemm_nopdl.json" > "$OUT/gemm_nopdl.log" 2>&1
+      grep -E "^llama" "$OUT/gemm_nopdl.log" | cut -c1-60; grep -E "^llama" "$OUT/gemm_pdl.log" | cut -c1-60;;
+    model)
+      for pdl in 1 0; do
+        SMOOTHQUANT_PDL=$pdl python3 -m smoothquant bench model --schemes w8a8 --prefill 1x512,4x2048 \
+          --decode 1@1024,16@1024 --reps 10 --json "$OUT/model_pdl$pdl.json" > "$OUT/model_pdl$pdl.log" 2>&1
+        echo "PDL=$pdl"; tail -4 "$OUT/model_pdl$pdl.log"
+      done;;
+    fusedtest) python3 -m pytest -q -p no:cacheprovider tests/test_runtime.py -k "fused or sibling or converted" 2>&1 | tail -3;;
+    fused)  # the README's model table: every scheme, fused (default) and unfused sibling GEMMs
+      python3 -m smoothquant bench model --schemes O1,O3,w8a8 --unfused --prefill 1x512,4x2048 \
+        --decode 1@1024,16@1024 --reps 10 --json "$OUT/model_fused.json" > "$OUT/model_fused.log" 2>&1
+      tail -9 "$OUT/model_fused.log";;
+    head)
+      python3 -m smoothquant bench model --schemes w8a8 --quantize-lm-head --prefill 1x512 \
+        --decode 1@1024 --reps 10 --json "$OUT/model_head.json" > "$OUT/model_head.log" 2>&1
+      tail -4 "$OUT/model_head.log";;
+    gemmfused)
+      python3 -m smoothquant bench gemm --models llama-2-7b-fused --json "$OUT/gemm_fused.json" > "$OUT/gemm_fused.log" 2>&1
+      grep -E "^llama" "$OUT/gemm_fused.log" | sort -u | cut -c1-60;;
+    kvcheck) python3 scripts/kv_gpu_check.py > "$OUT/kv_check.log" 2>&1; tail -45 "$OUT/kv_check.log";;
+    kv)
+      python3 -m smoothquant bench model --schemes w8a8 --prefill '' --decode 1@1024,16@1024,16@4096 \
+        --kv-cache float,int8 --json "$OUT/model_kv.json" > "$OUT/model_kv.log" 2>&1
+      tail -6 "$OUT/model_kv.log";;
+    gemm13)
+      python3 -m smoothquant bench gemm --json "$OUT/gemm_all.json" > "$OUT/gemm_all.log" 2>&1
+      grep -E "^llama" "$OUT/gemm_all.log" | cut -c1-60;;
+  esac
+done
