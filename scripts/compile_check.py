@@ -52,21 +52,24 @@ def main() -> None:
         }
         build(q._norm_quant_kernel, {**sig, "static_ptr": "*bf16" if dyn else "*fp32"}, const, num_warps=8)
     print("quant kernels OK")
-    configs = {c for cs in sweep_configs().values() for c in cs} | {
-        g.choose_config(m, 4096, 4096) for m in (8, 64, 512)
+    configs = {(c, 0) for cs in sweep_configs().values() for c in cs} | {
+        (g.choose_config(m, 4096, 4096), 0) for m in (8, 64, 512)
     }
-    for cfg in configs:
+    # the gated MLP's epilogue (act 1: silu, 2: gelu) on the configs the runtime picks for 2 * 11008
+    configs |= {(g.choose_config(m, 22016), act) for m in (8, 64, 512, 4096) for act in (1, 2)}
+    for cfg, act in sorted(configs, key=str):
         tma = cfg.split_k == 1
+        store_n = cfg.block_n // (2 if cfg.subtile else 1) // (2 if act else 1)
         sig = {
             "a_desc": f"tensordesc<i8[{cfg.block_m},{cfg.block_k}]>", "b_desc": f"tensordesc<i8[{cfg.block_n},{cfg.block_k}]>",
             "a_scale_ptr": "*fp32", "stride_as": "i32", "b_scale_ptr": "*fp32", "bias_ptr": "*bf16", "c_ptr": "*bf16",
-            "c_desc": f"tensordesc<bf16[{cfg.block_m},{cfg.block_n // (2 if cfg.subtile else 1)}]>" if tma else "constexpr",
+            "c_desc": f"tensordesc<bf16[{cfg.block_m},{store_n}]>" if tma else "constexpr",
             "stride_cm": "i32", "ws_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32", "num_programs": "i32",
             "b_ptr": "*i8", "stride_b": "i32",
         }  # fmt: skip
         const = {"HAS_BIAS": True, "TMA_STORE": tma, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n,
                  "BLOCK_K": cfg.block_k, "GROUP_M": cfg.group_m, "SPLIT_K": cfg.split_k, "FLATTEN": cfg.persistent, "SUBTILE": cfg.subtile,
-                 "PDL": True, "PREFETCH_K": cfg.prefetch_k}  # fmt: skip
+                 "PDL": True, "PREFETCH_K": cfg.prefetch_k, "ACT": act}  # fmt: skip
         if not tma:
             const["c_desc"] = None
             del sig["c_desc"]
@@ -76,14 +79,14 @@ def main() -> None:
         assert "griddepcontrol.wait" in ptx and ("prefetch.global.L2" in ptx) == (cfg.prefetch_k > 0), cfg
         mma = "wgmma" if "wgmma" in ptx else "mma.sync" if "mma.sync" in ptx else "NO MMA"
         print(
-            f"{cfg!s:32s} smem {k.metadata.shared:7d}  {mma:8s} tma {len(re.findall('cp.async.bulk.tensor', ptx))}"
+            f"{cfg!s:32s} act {act} smem {k.metadata.shared:7d}  {mma:8s} tma {len(re.findall('cp.async.bulk.tensor', ptx))}"
         )
     sig = {"ws_ptr": "*i32", "split_stride": "i32", "a_scale_ptr": "*fp32", "stride_as": "i32", "b_scale_ptr": "*fp32", "bias_ptr": "*bf16",
            "c_ptr": "*bf16", "stride_cm": "i32", "M": "i32", "N": "i32"}  # fmt: skip
     build(
         g._split_k_reduce_kernel,
         sig,
-        {"HAS_BIAS": True, "SPLIT_K": 2, "BLOCK_M": 16, "BLOCK_N": 256, "PDL": True},
+        {"HAS_BIAS": True, "SPLIT_K": 2, "BLOCK_M": 16, "BLOCK_N": 256, "PDL": True, "ACT": 1},
         num_warps=4,
     )
     print("gemm kernels OK")

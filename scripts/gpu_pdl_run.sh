@@ -20,7 +20,11 @@ for step in $steps; do
           --decode 1@1024,16@1024 --reps 10 --json "$OUT/model_pdl$pdl.json" > "$OUT/model_pdl$pdl.log" 2>&1
         echo "PDL=$pdl"; tail -4 "$OUT/model_pdl$pdl.log"
       done;;
-    fusedtest) python3 -m pytest -q -p no:cacheprovider tests/test_runtime.py -k "fused or sibling or converted" 2>&1 | tail -3;;
+    fusedtest) python3 -m pytest -q -p no:cacheprovider tests/test_runtime.py tests/test_kernels.py tests/test_kv_cache.py 2>&1 | tail -3;;
+    quick)
+      python3 -m smoothquant bench model --schemes w8a8 --unfused --prefill 1x512,4x2048 \
+        --decode 1@1024,16@1024 --reps 10 --json "$OUT/model_quick.json" > "$OUT/model_quick.log" 2>&1
+      tail -5 "$OUT/model_quick.log";;
     fused)  # the README's model table: every scheme, fused (default) and unfused sibling GEMMs
       python3 -m smoothquant bench model --schemes O1,O3,w8a8 --unfused --prefill 1x512,4x2048 \
         --decode 1@1024,16@1024 --reps 10 --json "$OUT/model_fused.json" > "$OUT/model_fused.log" 2>&1
@@ -37,6 +41,11 @@ for step in $steps; do
       python3 -m smoothquant bench model --schemes w8a8 --prefill '' --decode 1@1024,16@1024,16@4096 \
         --kv-cache float,int8 --json "$OUT/model_kv.json" > "$OUT/model_kv.log" 2>&1
       tail -6 "$OUT/model_kv.log";;
+    tune512)
+      python3 scripts/bench_quant.py > "$OUT/quant.log" 2>&1; cat "$OUT/quant.log"
+      python3 -m smoothquant bench gemm --models llama-2-7b,llama-2-7b-fused --m 512 --sweep \
+        --json "$OUT/gemm512.json" > "$OUT/gemm512.log" 2>&1
+      grep -E "^llama" "$OUT/gemm512.log" | sort -u | cut -c1-60;;
     gemm13)
       python3 -m smoothquant bench gemm --json "$OUT/gemm_all.json" > "$OUT/gemm_all.log" 2>&1
       grep -E "^llama" "$OUT/gemm_all.log" | cut -c1-60;;

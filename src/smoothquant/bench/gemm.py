@@ -12,6 +12,11 @@ small problems are not timed out of L2):
 - ``int_mm``: ``torch._int_mm`` alone (cuBLAS int8, int32 out, no epilogue),
 - ``fp8``: ``torch._scaled_mm`` e4m3 with row-wise scales, alone, for reference.
 
+Rows ``gate+up+act`` (``--models llama-2-7b-fused``) time an MLP's first half: bf16 is
+transformers' ``silu(x @ gate.T) * (x @ up.T)`` (two GEMMs and two elementwise kernels), ours
+the gated GEMM with the activation in its epilogue, ``int_mm_e2e`` the torchao-style path then
+the same elementwise ops; ``int_mm`` and ``fp8`` stay the plain GEMM of both weights.
+
 ``torch._int_mm`` needs M > 16 and ``_scaled_mm`` M % 16 == 0: smaller M is zero-padded for those
 columns (noted in the table).
 """
@@ -34,7 +39,9 @@ SHAPES: dict[str, list[tuple[str, int, int]]] = {
     "llama-2-7b": [("q/k/v/o", 4096, 4096), ("gate/up", 4096, 11008), ("down", 11008, 4096)],
     "llama-2-13b": [("q/k/v/o", 5120, 5120), ("gate/up", 5120, 13824), ("down", 13824, 5120)],
     # the runtime's fused sibling GEMMs (runtime/fused.py): q+k+v and gate+up in one launch
-    "llama-2-7b-fused": [("qkv", 4096, 12288), ("gate+up", 4096, 22016)],
+    # and gate+up with SiLU(gate) * up in the epilogue (runtime/mlp.py) against transformers'
+    # bf16 MLP half: two GEMMs, SiLU, product
+    "llama-2-7b-fused": [("qkv", 4096, 12288), ("gate+up", 4096, 22016), ("gate+up+act", 4096, 22016)],
 }
 M_VALUES = (1, 16, 128, 512, 2048, 8192)
 METHODS = ("bf16", "ours", "ours_gemm", "int_mm_e2e", "int_mm", "fp8")
@@ -70,14 +77,19 @@ def _torchao_style(x: torch.Tensor, qw_t: torch.Tensor, sw: torch.Tensor) -> tor
 class _Case:
     """One copy of the inputs of every method, built once."""
 
-    def __init__(self, m: int, k: int, n: int, device: torch.device) -> None:
+    def __init__(self, m: int, k: int, n: int, device: torch.device, act: str | None = None) -> None:
         from smoothquant.kernels import triton_quant
+        from smoothquant.kernels.layout import interleave_gate_up
         from smoothquant.kernels.packing import unpack
 
         self.x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
         self.w = (0.02 * torch.randn(n, k, device=device)).to(torch.bfloat16)
         qw, sw = quantize_weight(self.w, PER_CHANNEL)
         self.qw, self.sw = qw, sw.reshape(-1).contiguous()
+        self.act = act  # the w rows are [gate; up]; ours reads them interleaved
+        if act:
+            self.qw_gated = interleave_gate_up(*self.qw.chunk(2)).contiguous()
+            self.sw_gated = interleave_gate_up(*self.sw.chunk(2)).contiguous()
         self.qa, self.sa = unpack(triton_quant.quantize_rows(self.x), k)
         self.qa_mm = _pad_rows(self.qa.contiguous(), 8, 17)
         fp8 = torch.float8_e4m3fn
@@ -91,6 +103,8 @@ class _Case:
         from smoothquant.kernels import triton_gemm
 
         bf16 = torch.bfloat16
+        if self.act and method in ("bf16", "ours", "ours_gemm", "int_mm_e2e"):
+            return self._gated_fn(method, config)
         return {
             "bf16": lambda: F.linear(self.x, self.w),
             "ours": lambda: ops.w8a8_linear(self.x, self.qw, self.sw, None, TOKEN_DYNAMIC, None, "triton"),
@@ -104,12 +118,39 @@ class _Case:
             ),
         }[method]
 
+    def _gated_fn(self, method: str, config=None):
+        from smoothquant.kernels import triton_gemm
+
+        bf16, h = torch.bfloat16, self.w.shape[0] // 2
+
+        def torchao_gated():
+            y = _torchao_style(self.x, self.qw.t(), self.sw)
+            return F.silu(y[:, :h]) * y[:, h:]
+
+        return {
+            "bf16": lambda: F.silu(F.linear(self.x, self.w[:h])) * F.linear(self.x, self.w[h:]),
+            "ours": lambda: ops.int8_matmul(
+                *ops.quantize_rows(self.x, TOKEN_DYNAMIC, None, "triton"),
+                self.qw_gated, self.sw_gated, None, bf16, "triton", act=self.act,
+            ),
+            "ours_gemm": lambda: triton_gemm.int8_gemm(
+                self.qa, self.sa, self.qw_gated, self.sw_gated, None, bf16, config, act=self.act
+            ),
+            "int_mm_e2e": torchao_gated,
+        }[method]  # fmt: skip
+
 
 def _check(case: _Case) -> str:
     """Same integers as the reference quantizer, output within bf16 rounding of the reference."""
     q_ref, s_ref = ops.quantize_rows(case.x, TOKEN_DYNAMIC, None, "reference")
     same = bool(torch.equal(case.qa, q_ref)) and bool(torch.equal(case.sa, s_ref))
-    want = ops.int8_matmul(q_ref, s_ref, case.qw, case.sw, None, torch.float32, "reference")
+    if case.act:
+        want = ops.int8_matmul(
+            q_ref, s_ref, case.qw_gated, case.sw_gated, None, torch.bfloat16, "reference", act=case.act
+        )
+        want = want.float()
+    else:
+        want = ops.int8_matmul(q_ref, s_ref, case.qw, case.sw, None, torch.float32, "reference")
     got = case.fn("ours")().float()
     err = ((got - want).norm() / want.norm()).item()
     return f"{'ints equal' if same else 'INTS DIFFER'}, rel.err {err:.1e}"
@@ -134,7 +175,9 @@ def run(
             for m in m_values:
                 torch.manual_seed(0)
                 per_call = 2 * (m * k + n * k + m * n)
-                cases = [_Case(m, k, n, device) for _ in range(max(1, min(8, math.ceil(256e6 / per_call))))]
+                act = "silu" if layer.endswith("+act") else None
+                copies = max(1, min(8, math.ceil(256e6 / per_call)))
+                cases = [_Case(m, k, n, device, act) for _ in range(copies)]
                 row = GemmRow(model, layer, m, k, n, check=_check(cases[0]))
                 for method in methods:
                     try:

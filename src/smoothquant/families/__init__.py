@@ -10,7 +10,7 @@ from smoothquant.families.resolve import (
     supported_families,
     unregister_family,
 )
-from smoothquant.families.spec import Chunk, Experts, Family, Group, Layout
+from smoothquant.families.spec import Chunk, Experts, Family, GatedMLP, Group, Layout
 from smoothquant.families.tables import FAMILIES
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "Chunk",
     "Experts",
     "Family",
+    "GatedMLP",
     "Group",
     "Layout",
     "ResolvedGroup",

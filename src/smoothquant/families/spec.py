@@ -81,6 +81,22 @@ class Experts:
 
 
 @dataclass(frozen=True)
+class GatedMLP:
+    """A gated MLP, ``down(act(gate(x)) * up(x))``, at ``path`` in each block.
+
+    The INT8 runtime runs gate and up as one GEMM whose epilogue applies ``act(gate) * up``
+    (``runtime/mlp.py``); ``act`` names the module's activation attribute, checked numerically
+    against the activations the kernel implements before anything is replaced.
+    """
+
+    path: str = "mlp"
+    gate: str = "gate_proj"
+    up: str = "up_proj"
+    down: str = "down_proj"
+    act: str = "act_fn"
+
+
+@dataclass(frozen=True)
 class Family:
     """Everything the library needs to know about one architecture.
 
@@ -89,6 +105,7 @@ class Family:
     ``bmm_inputs``: linears whose outputs are the attention BMM operands (q/k/v), for optional
     output quantization and their calibration statistics.
     ``keep_float``: linears inside blocks that stay in floating point (MoE routers and gates).
+    ``gated_mlp``: where the block's gated MLP is, for the INT8 runtime's fused gate/up GEMM.
     """
 
     name: str
@@ -99,4 +116,5 @@ class Family:
     bmm_inputs: tuple[str, ...] = ()
     keep_float: tuple[str, ...] = ()
     experts: Experts | None = None
+    gated_mlp: GatedMLP | None = None
     notes: str = ""

@@ -11,7 +11,7 @@ is exact; ``smooth`` skips them unless asked (the paper smooths only norm -> lin
 
 from __future__ import annotations
 
-from smoothquant.families.spec import Chunk, Experts, Family, Group, Layout
+from smoothquant.families.spec import Chunk, Experts, Family, GatedMLP, Group, Layout
 
 QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
 
@@ -30,6 +30,7 @@ def _llama_like(name: str, model_types: tuple[str, ...], notes: str = "") -> Fam
         layers=("model.layers",),
         layouts=(LLAMA_BLOCK,),
         bmm_inputs=QKV,
+        gated_mlp=GatedMLP(),
         notes=notes,
     )
 
@@ -46,6 +47,7 @@ GEMMA = Family(
     layouts=(LLAMA_BLOCK,),
     norm_offset=1.0,
     bmm_inputs=QKV,
+    gated_mlp=GatedMLP(),
     notes="RMSNorm scale is (1 + w): folded as w' = (1 + w) / s - 1",
 )
 
@@ -65,6 +67,7 @@ GEMMA2 = Family(
     layouts=(GEMMA2_BLOCK,),
     norm_offset=1.0,
     bmm_inputs=QKV,
+    gated_mlp=GatedMLP(),
 )
 GEMMA3 = Family(
     name="gemma3",
@@ -73,6 +76,7 @@ GEMMA3 = Family(
     layouts=(GEMMA2_BLOCK,),
     norm_offset=1.0,
     bmm_inputs=QKV,
+    gated_mlp=GatedMLP(),
     notes="text model (Gemma3ForCausalLM); q_norm/k_norm are left alone",
 )
 

@@ -25,6 +25,11 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from smoothquant.kernels.launch import pdl_kwargs, use_pdl
+from smoothquant.kernels.layout import PAIR
+from smoothquant.kernels.triton_quant import _round_to_bf16
+
+_PAIR = tl.constexpr(PAIR)
+ACTIVATIONS = {"silu": 1, "gelu_tanh": 2}  # epilogue activations of interleave_gate_up weights
 
 
 @dataclass(frozen=True)
@@ -111,9 +116,35 @@ def _pdl_enter(b_ptr, stride_b, first, M, N, K, PDL: tl.constexpr, PREFETCH_K: t
 
 
 @triton.jit
+def _round_to(y, dtype: tl.constexpr):
+    # y rounded to the output dtype and back: the value a floating-point model would hold
+    if dtype == tl.bfloat16:
+        y = _round_to_bf16(y)
+    elif dtype == tl.float16:
+        y = y.to(tl.float16).to(tl.float32)
+    return y
+
+
+@triton.jit
+def _gated(out, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ACT: tl.constexpr, dtype: tl.constexpr):
+    # columns come as pairs of PAIR gate then PAIR up rows of the weight (``interleave_gate_up``):
+    # act(gate) * up, each step rounded to the model dtype as the floating-point MLP rounds it
+    pairs = tl.permute(tl.reshape(out, (BLOCK_M, BLOCK_N // (2 * _PAIR), 2, _PAIR)), (0, 1, 3, 2))
+    gate, up = tl.split(pairs)
+    gate = _round_to(tl.reshape(gate, (BLOCK_M, BLOCK_N // 2)), dtype)
+    up = _round_to(tl.reshape(up, (BLOCK_M, BLOCK_N // 2)), dtype)
+    if ACT == 1:  # silu
+        act = gate / (1.0 + tl.exp(-gate))
+    else:  # gelu, tanh approximation: 0.5 x (1 + tanh(y)) = x / (1 + exp(-2y)), no cancellation
+        inner = 0.7978845608028654 * (gate + 0.044715 * gate * gate * gate)
+        act = gate / (1.0 + tl.exp(-2.0 * inner))
+    return _round_to(_round_to(act, dtype) * up, dtype)  # exact: the final cast cannot round again
+
+
+@triton.jit
 def _epilogue(acc, m0, n0, M, N, a_scale_ptr, stride_as, b_scale_ptr, bias_ptr, c_ptr, c_desc, stride_cm,
               HAS_BIAS: tl.constexpr, TMA_STORE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-              SUBTILE: tl.constexpr = False):  # fmt: skip
+              SUBTILE: tl.constexpr = False, ACT: tl.constexpr = 0):  # fmt: skip
     offs_m = m0 + tl.arange(0, BLOCK_M)
     offs_n = n0 + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
@@ -123,7 +154,18 @@ def _epilogue(acc, m0, n0, M, N, a_scale_ptr, stride_as, b_scale_ptr, bias_ptr, 
     out = acc.to(tl.float32) * sa[:, None] * sb[None, :]
     if HAS_BIAS:
         out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    out = out.to(c_ptr.dtype.element_ty)
+    if ACT != 0:  # the gated MLP: N weight rows give N / 2 outputs
+        out = _gated(out, BLOCK_M, BLOCK_N, ACT, c_ptr.dtype.element_ty)
+        _store(out.to(c_ptr.dtype.element_ty), m0, n0 // 2, M, N // 2, c_ptr, c_desc, stride_cm, TMA_STORE,
+               BLOCK_M, BLOCK_N // 2, SUBTILE)  # fmt: skip
+    else:
+        _store(out.to(c_ptr.dtype.element_ty), m0, n0, M, N, c_ptr, c_desc, stride_cm, TMA_STORE, BLOCK_M,
+               BLOCK_N, SUBTILE)  # fmt: skip
+
+
+@triton.jit
+def _store(out, m0, n0, M, N, c_ptr, c_desc, stride_cm, TMA_STORE: tl.constexpr, BLOCK_M: tl.constexpr,
+           BLOCK_N: tl.constexpr, SUBTILE: tl.constexpr):  # fmt: skip
     if TMA_STORE and SUBTILE:
         halves = tl.permute(tl.reshape(out, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1))
         left, right = tl.split(halves)
@@ -132,8 +174,10 @@ def _epilogue(acc, m0, n0, M, N, a_scale_ptr, stride_as, b_scale_ptr, bias_ptr, 
     elif TMA_STORE:  # no per-element addresses: frees the registers a 128x256 tile needs
         c_desc.store([m0, n0], out)
     else:
+        offs_m = m0 + tl.arange(0, BLOCK_M)
+        offs_n = n0 + tl.arange(0, BLOCK_N)
         c = c_ptr + offs_m[:, None].to(tl.int64) * stride_cm + offs_n[None, :]
-        tl.store(c, out, mask=mask_m[:, None] & mask_n[None, :])
+        tl.store(c, out, mask=(offs_m < M)[:, None] & (offs_n < N)[None, :])
 
 
 @triton.jit
@@ -142,7 +186,7 @@ def _w8a8_gemm_kernel(
     M, N, K, num_programs, b_ptr, stride_b,
     HAS_BIAS: tl.constexpr, TMA_STORE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr, FLATTEN: tl.constexpr,
-    SUBTILE: tl.constexpr, PDL: tl.constexpr = False, PREFETCH_K: tl.constexpr = 0,
+    SUBTILE: tl.constexpr, PDL: tl.constexpr = False, PREFETCH_K: tl.constexpr = 0, ACT: tl.constexpr = 0,
 ):  # fmt: skip
     _pdl_enter(b_ptr, stride_b, tl.program_id(0), M, N, K, PDL, PREFETCH_K, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M,
                SPLIT_K)  # fmt: skip
@@ -163,7 +207,7 @@ def _w8a8_gemm_kernel(
         n0 = pid_n * BLOCK_N
         if SPLIT_K == 1:
             _epilogue(acc, m0, n0, M, N, a_scale_ptr, stride_as, b_scale_ptr, bias_ptr, c_ptr, c_desc, stride_cm,
-                      HAS_BIAS, TMA_STORE, BLOCK_M, BLOCK_N, SUBTILE)  # fmt: skip
+                      HAS_BIAS, TMA_STORE, BLOCK_M, BLOCK_N, SUBTILE, ACT)  # fmt: skip
         else:
             offs_m = m0 + tl.arange(0, BLOCK_M)
             offs_n = n0 + tl.arange(0, BLOCK_N)
@@ -175,7 +219,7 @@ def _w8a8_gemm_kernel(
 def _split_k_reduce_kernel(
     ws_ptr, split_stride, a_scale_ptr, stride_as, b_scale_ptr, bias_ptr, c_ptr, stride_cm, M, N,
     HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    PDL: tl.constexpr = False,
+    PDL: tl.constexpr = False, ACT: tl.constexpr = 0,
 ):  # fmt: skip
     if PDL:
         gdc_wait()
@@ -190,7 +234,7 @@ def _split_k_reduce_kernel(
     for split in tl.static_range(SPLIT_K):
         acc += tl.load(ws + split * split_stride, mask=mask, other=0)
     _epilogue(acc, m0, n0, M, N, a_scale_ptr, stride_as, b_scale_ptr, bias_ptr, c_ptr, c_ptr, stride_cm,
-              HAS_BIAS, False, BLOCK_M, BLOCK_N)  # fmt: skip
+              HAS_BIAS, False, BLOCK_M, BLOCK_N, False, ACT)  # fmt: skip
 
 
 def _num_sms(device: torch.device) -> int:
@@ -207,20 +251,27 @@ def int8_gemm(
     bias: torch.Tensor | None,
     out_dtype: torch.dtype,
     config: GemmConfig | None = None,
+    act: str | None = None,
 ) -> torch.Tensor:
     """``a [M, K]`` int8, ``a_scale [M]`` fp32 (any stride), ``b [N, K]`` int8, ``b_scale [N]``
-    fp32, ``bias [N]`` or None; row strides of ``a`` and ``b`` must be multiples of 16 bytes."""
+    fp32, ``bias [N]`` or None; row strides of ``a`` and ``b`` must be multiples of 16 bytes.
+
+    ``act`` ("silu", "gelu_tanh"): ``b`` holds a gated MLP's gate and up weights interleaved
+    (``kernels/layout.interleave_gate_up``) and the result is ``act(gate) * up``, ``[M, N / 2]``."""
     m, k = a.shape
     n = b.shape[0]
-    c = torch.empty((m, n), dtype=out_dtype, device=a.device)
+    if act is not None and n % (2 * PAIR):
+        raise ValueError(f"a gated GEMM needs interleaved rows in pairs of {PAIR}: N={n}")
+    n_out = n // 2 if act else n
+    c = torch.empty((m, n_out), dtype=out_dtype, device=a.device)
     if m == 0 or n == 0:
         return c
     cfg = config or choose_config(m, n, _num_sms(a.device))
     work = triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n) * cfg.split_k
     programs = min(work, _num_sms(a.device)) if cfg.persistent else work
     ws = torch.empty((cfg.split_k, m, n), dtype=torch.int32, device=a.device) if cfg.split_k > 1 else c
-    tma_store = cfg.split_k == 1 and (n * c.element_size()) % 16 == 0
-    store_n = cfg.block_n // 2 if cfg.subtile else cfg.block_n
+    tma_store = cfg.split_k == 1 and (n_out * c.element_size()) % 16 == 0
+    store_n = (cfg.block_n // 2 if cfg.subtile else cfg.block_n) // (2 if act else 1)
     c_desc = TensorDescriptor.from_tensor(c, [cfg.block_m, store_n]) if tma_store else None
     bias_arg = b_scale if bias is None else bias
     pdl = use_pdl(a.device)
@@ -231,13 +282,13 @@ def int8_gemm(
         b, b.stride(0), HAS_BIAS=bias is not None, TMA_STORE=tma_store, BLOCK_M=cfg.block_m,
         BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, SPLIT_K=cfg.split_k,
         FLATTEN=cfg.persistent, SUBTILE=cfg.subtile, PDL=pdl, PREFETCH_K=cfg.prefetch_k if pdl else 0,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_kwargs(pdl),
+        ACT=ACTIVATIONS[act] if act else 0, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_kwargs(pdl),
     )  # fmt: skip
     if cfg.split_k > 1:
         block_m, block_n = min(triton.next_power_of_2(m), 16), 256
         _split_k_reduce_kernel[(triton.cdiv(m, block_m), triton.cdiv(n, block_n))](
             ws, m * n, a_scale, a_scale.stride(0), b_scale, bias_arg, c, c.stride(0), m, n,
             HAS_BIAS=bias is not None, SPLIT_K=cfg.split_k, BLOCK_M=block_m, BLOCK_N=block_n, PDL=pdl,
-            num_warps=4, **pdl_kwargs(pdl),
+            ACT=ACTIVATIONS[act] if act else 0, num_warps=4, **pdl_kwargs(pdl),
         )  # fmt: skip
     return c

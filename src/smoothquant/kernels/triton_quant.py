@@ -147,7 +147,7 @@ def quantize_rows(
 ) -> torch.Tensor:
     """Packed INT8 rows of ``x [..., K]``: per-token dynamic scales, or the fp32 ``static_scale``.
 
-    ``block_k`` (a power of two, at most 8192: the whole row stays in registers when it fits)
+    ``block_k`` (a power of two, at most 16384: the whole row stays in registers when it fits)
     and ``num_warps`` are tuning knobs; the defaults are the fastest of ``scripts/bench_quant.py``
     on an H100: few rows (decode) are latency-bound and want the row in registers across 16
     warps, many rows are bandwidth-bound and want small blocks and 4 warps."""
@@ -156,10 +156,13 @@ def quantize_rows(
     width = packed_width(k)
     packed = torch.empty((m, width), dtype=torch.int8, device=x.device)
     many = m >= 256
-    block = block_k or (2048 if many else triton.next_power_of_2(k))
-    # the whole row in registers: one pass over x, and one load latency instead of two loops of
-    # them for few rows; wider than 8192 measured slower when many rows run at once
-    block = block if block <= (8192 if many else 16384) else 4096
+    if block_k is None:
+        block = 2048 if many else triton.next_power_of_2(k)
+        # the whole row in registers: one pass over x, and one load latency instead of two loops
+        # of them for few rows; wider than 8192 measured slower when many rows run at once
+        block = block if block <= (8192 if many else 16384) else 4096
+    else:
+        block = block_k
     num_warps = num_warps or (4 if many else 16)
     pdl = use_pdl(x.device)
     if m:

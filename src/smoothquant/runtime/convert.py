@@ -15,6 +15,7 @@ from smoothquant.quantization.fake import FakeQuantLinear
 from smoothquant.runtime import ops
 from smoothquant.runtime.fused import Int8LinearSlice, Int8SiblingGroup
 from smoothquant.runtime.linear import Int8Linear, unsupported_reason
+from smoothquant.runtime.mlp import Int8GatedHalf, Int8GatedMLP, activation_kind
 from smoothquant.runtime.norm import Int8Norm
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,8 @@ class ConversionReport:
     folded_norms: list[str] = field(default_factory=list)
     not_folded: dict[str, str] = field(default_factory=dict)  # norm -> why
     fused: dict[str, list[str]] = field(default_factory=dict)  # sibling group -> member linears
+    gated_mlps: list[str] = field(default_factory=list)  # gate/up as one GEMM with the activation
+    not_gated: dict[str, str] = field(default_factory=dict)  # mlp -> why not
 
     def summary(self) -> str:
         s = f"INT8 runtime ({self.backend}): {len(self.converted)} linears converted"
@@ -38,6 +41,8 @@ class ConversionReport:
             s += f", {len(self.kept)} kept as fake-quant ({'; '.join(reasons)})"
         if self.folded_norms:
             s += f", {len(self.folded_norms)} norms emit INT8 directly"
+        if self.gated_mlps:
+            s += f", {len(self.gated_mlps)} gated MLPs with gate/up/activation in one GEMM"
         if self.fused:
             s += f", {sum(map(len, self.fused.values()))} linears in {len(self.fused)} fused sibling GEMMs"
         return s
@@ -64,7 +69,7 @@ def _fold_norms(model: nn.Module, backend: str, report: ConversionReport, fuse_s
         why = None
         if group.passive:
             why = "a floating-point module (router) reads the norm too"
-        elif not all(isinstance(c, Int8Linear) for c in consumers):
+        elif not all(isinstance(c, (Int8Linear, Int8GatedHalf)) for c in consumers):
             why = "not every consumer runs in INT8"
         elif len({c.input_quant for c in consumers}) != 1:
             why = "consumers quantize their input differently"
@@ -80,7 +85,7 @@ def _fold_norms(model: nn.Module, backend: str, report: ConversionReport, fuse_s
             if isinstance(folded, Int8Norm):
                 set_submodule(model, group.producer_name, folded)
                 report.folded_norms.append(group.producer_name)
-                if fuse_siblings and len(consumers) > 1:
+                if fuse_siblings and all(isinstance(c, Int8Linear) for c in consumers) and len(consumers) > 1:
                     _fuse(model, folded, group.producer_name, group.consumers, report)
                 continue
             why = folded
@@ -106,6 +111,35 @@ def _fuse(
     report.fused[group_name] = list(consumers)
 
 
+def _gate_mlps(model: nn.Module, report: ConversionReport) -> None:
+    """Replace each gated MLP of the family table whose projections all run in INT8 by an
+    :class:`Int8GatedMLP` (gate and up as one GEMM with the activation in its epilogue)."""
+    try:
+        resolved = resolve(model)
+    except UnsupportedModelError:
+        return
+    spec = resolved.family.gated_mlp
+    if spec is None:
+        return
+    for block in resolved.blocks:
+        name = f"{block}.{spec.path}"
+        try:
+            mlp = model.get_submodule(name)
+        except AttributeError:
+            continue
+        gate, up, down = (getattr(mlp, n, None) for n in (spec.gate, spec.up, spec.down))
+        why = Int8GatedMLP.unsupported_reason(gate, up, down)
+        if why is None:
+            act = activation_kind(getattr(mlp, spec.act, None), gate.out_dtype, gate.qweight.device)
+            if act is None:
+                why = "its activation is neither SiLU nor tanh-approximated GELU"
+        if why is not None:
+            report.not_gated[name] = why
+            continue
+        set_submodule(model, name, Int8GatedMLP(gate, up, down, act))
+        report.gated_mlps.append(name)
+
+
 @torch.no_grad()
 def convert(
     model: nn.Module, backend: str = "auto", *, fold_norms: bool = True, fuse_siblings: bool = True
@@ -122,9 +156,11 @@ def convert(
     linears sharing one activation quantizer (per-token dynamic, or per-tensor static with one
     scale) emit the INT8 rows themselves (:class:`Int8Norm`).
 
-    ``fuse_siblings`` (with folded norms): the linears reading one folded norm (q/k/v; gate/up)
-    run as one GEMM over their concatenated weights (:mod:`smoothquant.runtime.fused`): fewer
-    launches, and a wider GEMM that fills the GPU at small token counts.
+    ``fuse_siblings``: gated MLPs (family tables' ``gated_mlp``) run gate and up as one GEMM
+    whose epilogue applies ``act(gate) * up`` (:class:`Int8GatedMLP`); with folded norms, the
+    other linears reading one norm (q/k/v) run as one GEMM over their concatenated weights
+    (:mod:`smoothquant.runtime.fused`): fewer launches and passes, and a wider GEMM that fills
+    the GPU at small token counts.
 
     What was converted is logged and kept in ``model.smoothquant_conversion``.
     """
@@ -141,6 +177,8 @@ def convert(
             continue
         set_submodule(model, name, Int8Linear.from_fake(fake, backend, dtype))
         report.converted.append(name)
+    if fuse_siblings:
+        _gate_mlps(model, report)
     if fold_norms and concrete == "triton":
         _fold_norms(model, backend, report, fuse_siblings)
     model.smoothquant_conversion = report

@@ -76,6 +76,12 @@ def quantize_rows(
     return q.to(torch.int8), scale.to(torch.float32).reshape(-1).expand(x.shape[0])
 
 
+ACTIVATIONS = {
+    "silu": F.silu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+}
+
+
 def int8_matmul(
     q: torch.Tensor,
     scale: torch.Tensor,
@@ -84,19 +90,31 @@ def int8_matmul(
     bias: torch.Tensor | None,
     out_dtype: torch.dtype,
     backend: str,
+    act: str | None = None,
 ) -> torch.Tensor:
-    """``cast((q @ qweight.T) * scale[:, None] * weight_scale[None, :] + bias)``; ``qweight [N, K]``."""
+    """``cast((q @ qweight.T) * scale[:, None] * weight_scale[None, :] + bias)``; ``qweight [N, K]``.
+
+    ``act``: ``qweight`` holds a gated MLP's gate and up rows interleaved
+    (``kernels/triton_gemm.interleave_gate_up``); the result is ``act(gate) * up`` computed in
+    ``out_dtype`` as the floating-point MLP computes it (fused into the GEMM on Triton)."""
     if backend == "triton":
         from smoothquant.kernels import triton_gemm
 
-        return triton_gemm.int8_gemm(q, scale, qweight, weight_scale, bias, out_dtype)
+        return triton_gemm.int8_gemm(q, scale, qweight, weight_scale, bias, out_dtype, act=act)
     if backend == "cpu":
-        return cpu_kernels.int8_gemm(q, scale.contiguous(), qweight, weight_scale, bias, out_dtype)
-    acc = (q.double() @ qweight.double().t()).float()  # exact: |acc| < 2**53
-    out = acc * scale[:, None] * weight_scale[None, :]
-    if bias is not None:
-        out = out + bias.float()
-    return out.to(out_dtype)
+        out = cpu_kernels.int8_gemm(q, scale.contiguous(), qweight, weight_scale, bias, out_dtype)
+    else:
+        acc = (q.double() @ qweight.double().t()).float()  # exact: |acc| < 2**53
+        out = acc * scale[:, None] * weight_scale[None, :]
+        if bias is not None:
+            out = out + bias.float()
+        out = out.to(out_dtype)
+    if act is None:
+        return out
+    from smoothquant.kernels.layout import split_gate_up
+
+    gate, up = (t.t() for t in split_gate_up(out.t()))
+    return ACTIVATIONS[act](gate) * up
 
 
 def w8a8_linear(

@@ -1,0 +1,138 @@
+"""``Int8GatedMLP``: a gated MLP whose gate and up projections are one INT8 GEMM with the
+activation fused into its epilogue.
+
+transformers computes ``down(act(gate(x)) * up(x))`` as two GEMMs writing ``[tokens, I]`` each,
+an activation kernel and a multiplication kernel, each reading and writing ``[tokens, I]`` again,
+then the down projection's activation quantization reads the product once more. Here the gate
+and up weights are stored interleaved (``kernels/layout.py``) so that every output tile of one
+GEMM holds matching gate and up columns, and its epilogue writes ``act(gate) * up`` directly:
+one ``[tokens, I]`` write instead of five passes, and one launch instead of four. Each value is
+rounded to the model's dtype where the floating-point MLP rounds it (gate and up outputs, the
+activation), so the result is the unfused module's to within the activation's last-bit
+differences.
+
+The module keeps ``gate_proj``/``up_proj`` children (views of its weights, no tensors of their
+own) and ``down_proj``, so the family tables still resolve against a converted model.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from smoothquant.kernels.layout import PAIR, interleave_gate_up, split_gate_up
+from smoothquant.runtime import ops
+from smoothquant.runtime.linear import Int8Linear, keep_fp32
+
+
+def activation_kind(act: nn.Module | None, dtype: torch.dtype, device: torch.device) -> str | None:
+    """Which of the kernel's activations ``act`` computes (checked on random values), or None."""
+    if act is None or not callable(act):
+        return None
+    g = torch.Generator(device=device).manual_seed(0)
+    x = (4 * torch.randn(256, generator=g, device=device)).to(dtype)
+    with torch.no_grad():
+        got = act(x).float()
+        for name, fn in ops.ACTIVATIONS.items():
+            if torch.allclose(got, fn(x).float(), rtol=1e-2, atol=1e-2):
+                return name
+    return None
+
+
+class Int8GatedHalf(nn.Module):
+    """The gate or up rows of an :class:`Int8GatedMLP`'s weights, for code that inspects them
+    (family resolution, ``in_features``); it holds no tensors. Called alone it computes its own
+    linear (de-interleaving a copy of the weights): correct, not fast."""
+
+    def __init__(self, mlp: Int8GatedMLP, index: int) -> None:
+        super().__init__()
+        object.__setattr__(self, "mlp", mlp)  # not a submodule: no cycle in the module tree
+        self.index = index
+        self.in_features, self.out_features = mlp.in_features, mlp.intermediate
+
+    @property
+    def qweight(self) -> torch.Tensor:
+        return split_gate_up(self.mlp.qweight)[self.index]
+
+    @property
+    def weight_scale(self) -> torch.Tensor:
+        return split_gate_up(self.mlp.weight_scale)[self.index]
+
+    @property
+    def input_quant(self):
+        return self.mlp.input_quant
+
+    @property
+    def input_scale(self) -> torch.Tensor | None:
+        return self.mlp.input_scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.mlp.bias is None else split_gate_up(self.mlp.bias)[self.index]
+        return self.mlp.gemm(x, self.qweight[:, : self.in_features], self.weight_scale, bias, act=None)
+
+    def extra_repr(self) -> str:
+        return f"{'gate' if self.index == 0 else 'up'} rows of the fused gate/up GEMM"
+
+
+class Int8GatedMLP(nn.Module):
+    """``down_proj(act(x @ gate.T) * (x @ up.T))``, gate and up as one INT8 GEMM (see module)."""
+
+    def __init__(self, gate: Int8Linear, up: Int8Linear, down: Int8Linear, act: str) -> None:
+        super().__init__()
+        self.in_features, self.intermediate, self.act = gate.in_features, gate.out_features, act
+        self.input_quant, self.backend, self.out_dtype = gate.input_quant, gate.backend, gate.out_dtype
+        self.register_buffer("qweight", interleave_gate_up(gate.qweight, up.qweight))
+        self.register_buffer("weight_scale", interleave_gate_up(gate.weight_scale, up.weight_scale))
+        bias = None
+        if gate.bias is not None or up.bias is not None:
+            zeros = torch.zeros(self.intermediate, dtype=gate.out_dtype, device=gate.qweight.device)
+            bias = interleave_gate_up(
+                zeros if gate.bias is None else gate.bias, zeros if up.bias is None else up.bias
+            )
+        self.register_buffer("bias", bias)
+        self.register_buffer("input_scale", gate.input_scale)
+        self.gate_proj, self.up_proj = Int8GatedHalf(self, 0), Int8GatedHalf(self, 1)
+        self.down_proj = down
+
+    @staticmethod
+    def unsupported_reason(gate: nn.Module, up: nn.Module, down: nn.Module) -> str | None:
+        """Why three modules cannot become one :class:`Int8GatedMLP` (None: they can)."""
+        if not all(isinstance(m, Int8Linear) for m in (gate, up, down)):
+            return "not every projection runs in INT8"
+        if gate.out_features % PAIR or gate.out_features != up.out_features:
+            return f"gate/up widths {gate.out_features}/{up.out_features} are not one multiple of {PAIR}"
+        if gate.input_quant != up.input_quant or gate.backend != up.backend or gate.out_dtype != up.out_dtype:
+            return "gate and up quantize their input differently"
+        if gate.input_scale is not None and not torch.equal(gate.input_scale, up.input_scale):
+            return "gate and up have different static input scales"
+        return None
+
+    def _apply(self, fn, recurse=True):  # type: ignore[override]
+        keep_fp32(
+            self,
+            lambda f: super(Int8GatedMLP, self)._apply(f, recurse),
+            fn,
+            ("weight_scale", "input_scale"),
+        )
+        self.out_dtype = fn(torch.empty(0, dtype=self.out_dtype)).dtype
+        return self
+
+    def gemm(self, x, weight, weight_scale, bias, act: str | None) -> torch.Tensor:
+        """``x`` (packed INT8 rows from a folded norm, or floats) times ``weight``, epilogue ``act``."""
+        backend = ops.resolve_backend(self.backend, x.device)
+        if x.dtype == torch.int8:
+            from smoothquant.kernels.packing import unpack
+
+            q, scale = unpack(x, self.in_features)
+        else:
+            x2 = x.reshape(-1, x.shape[-1])
+            q, scale = ops.quantize_rows(x2, self.input_quant, self.input_scale, backend)
+        y = ops.int8_matmul(q, scale, weight, weight_scale, bias, self.out_dtype, backend, act=act)
+        return y.reshape(*x.shape[:-1], -1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.qweight[:, : self.in_features]
+        return self.down_proj(self.gemm(x, weight, self.weight_scale, self.bias, self.act))
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, intermediate={self.intermediate}, act={self.act}"
