@@ -41,6 +41,7 @@ for step in $steps; do
       python3 -m smoothquant bench model --schemes w8a8 --prefill '' --decode 1@1024,16@1024,16@4096 \
         --kv-cache float,int8 --json "$OUT/model_kv.json" > "$OUT/model_kv.log" 2>&1
       tail -6 "$OUT/model_kv.log";;
+    quant) python3 scripts/bench_quant.py > "$OUT/quant.log" 2>&1; cat "$OUT/quant.log";;
     tune512)
       python3 scripts/bench_quant.py > "$OUT/quant.log" 2>&1; cat "$OUT/quant.log"
       python3 -m smoothquant bench gemm --models llama-2-7b,llama-2-7b-fused --m 512 --sweep \

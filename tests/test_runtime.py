@@ -215,3 +215,28 @@ def test_bench_gemm_case_checks_ours_against_the_reference(act):
     assert ours.shape == bf16.shape == (5, 48 if act else 96)
     # W8A8 against the bf16 computation it replaces: int8 rounding error only
     assert ((ours.float() - bf16.float()).norm() / bf16.float().norm()).item() < 0.05
+
+
+def test_gated_mlp_activation_is_recognised_numerically_not_by_name():
+    from smoothquant.runtime.mlp import activation_kind
+
+    cpu = torch.device("cpu")
+    assert activation_kind(torch.nn.SiLU(), cpu) == "silu"
+    assert activation_kind(torch.nn.GELU(approximate="tanh"), cpu) == "gelu_tanh"
+    assert activation_kind(torch.nn.GELU(), cpu) is None  # exact GELU: within 5e-4, still refused
+    assert activation_kind(torch.nn.ReLU(), cpu) is None and activation_kind(None, cpu) is None
+
+
+def test_gated_mlp_is_not_built_for_an_activation_the_kernel_lacks():
+    model = tiny_model("llama", torch.float32)
+    for layer in model.model.layers:
+        layer.mlp.act_fn = torch.nn.GELU()  # exact GELU: the epilogue implements tanh-GELU only
+    ids = tiny_batches(2, 12)
+    sq.quantize_model(model, ids, scheme="w8a8", alpha=0.5)
+    with torch.no_grad():
+        want = model(ids).logits
+        convert(model, "cpu")
+        got = model(ids).logits
+    report = model.smoothquant_conversion
+    assert not report.gated_mlps and all("activation" in why for why in report.not_gated.values())
+    assert ((got - want).norm() / want.norm()).item() < 2e-2

@@ -130,7 +130,7 @@ def _gate_mlps(model: nn.Module, report: ConversionReport) -> None:
         gate, up, down = (getattr(mlp, n, None) for n in (spec.gate, spec.up, spec.down))
         why = Int8GatedMLP.unsupported_reason(gate, up, down)
         if why is None:
-            act = activation_kind(getattr(mlp, spec.act, None), gate.out_dtype, gate.qweight.device)
+            act = activation_kind(getattr(mlp, spec.act, None), gate.qweight.device)
             if act is None:
                 why = "its activation is neither SiLU nor tanh-approximated GELU"
         if why is not None:
