@@ -111,6 +111,17 @@ def kv_kernels() -> None:
             num_warps=4,
             num_stages=2,
         )
+    names = "q_ptr k_ptr v_ptr m_ptr o_ptr part_ptr lse_ptr L HKV split_len qk_scale sq_b sq_h rk_b rk_h rv_b rv_h sm_b sm_h so_b so_h"  # fmt: skip
+    for mask, split, d in itertools.product((True, False), (True, False), (128, 80)):
+        types = ["*bf16", "*i8", "*i8", "*i8", "*bf16", "*fp32", "*fp32", "i32", "i32", "i32", "fp32"] + [
+            "i32"
+        ] * 10
+        w = kv.packed_width(d, kv.KV_PACK_ALIGN)
+        const = {"D": d, "DP": w - kv.KV_PACK_ALIGN, "W": w, "SPLIT": split, "BLOCK_N": 32, "BLOCK_D": 128,
+                 "HAS_MASK": mask}  # fmt: skip
+        k = build(kv._decode_attn_row_kernel, dict(zip(names.split(), types, strict=True)), const, num_warps=4,
+                  num_stages=3)  # fmt: skip
+        assert "mma" not in k.asm["ptx"]
     sig = {"part_ptr": "*fp32", "lse_ptr": "*fp32", "o_ptr": "*bf16", "HQ": "i32", "so_b": "i32", "so_s": "i32",
            "so_h": "i32", "NSPLIT": "i32"}  # fmt: skip
     build(kv._combine_kernel, sig, {"S": 1, "D": 128, "BLOCK_SPLIT": 16, "BLOCK_D": 128}, num_warps=1)

@@ -37,6 +37,7 @@ for step in $steps; do
       python3 -m smoothquant bench gemm --models llama-2-7b-fused --json "$OUT/gemm_fused.json" > "$OUT/gemm_fused.log" 2>&1
       grep -E "^llama" "$OUT/gemm_fused.log" | sort -u | cut -c1-60;;
     kvcheck) python3 scripts/kv_gpu_check.py > "$OUT/kv_check.log" 2>&1; tail -45 "$OUT/kv_check.log";;
+    kvtest) python3 -m pytest -q -p no:cacheprovider tests/test_kv_cache.py 2>&1 | tail -2;;
     kv)
       python3 -m smoothquant bench model --schemes w8a8 --prefill '' --decode 1@1024,16@1024,16@4096 \
         --kv-cache float,int8 --json "$OUT/model_kv.json" > "$OUT/model_kv.log" 2>&1

@@ -81,6 +81,7 @@ CASES = [
     (80, 1, 3, 150, None),
     (80, 4, 2, 101, 2),
     (64, 4, 5, 70, 1),
+    (80, 1, 1, 150, 3),  # one row per KV head: the row kernel, padded head size, slices
 ]
 
 
@@ -113,16 +114,17 @@ def test_decode_kernel_matches_float64_attention(d, g, s, length, splits, padded
 
 
 @pytest.mark.parametrize("splits", [1, 3])
-def test_decode_kernel_skips_masked_rows_anywhere(splits):
+@pytest.mark.parametrize(("g", "s"), [(2, 2), (1, 1)])  # the tile kernel; the row kernel
+def test_decode_kernel_skips_masked_rows_anywhere(splits, g, s):
     # holes inside the attended range, a fully masked head of the cache, a query with one key
-    b, hkv, g, s, d, length = 2, 2, 2, 2, 32, 150
+    b, hkv, d, length = 2, 2, 32, 150
     q = _kv(b, hkv * g, s, d, 9)
     kc, vc = kv_ops.quantize_kv(_kv(b, hkv, length, d, 10), _kv(b, hkv, length, d, 11), "cpu")
     gen = torch.Generator().manual_seed(12)
     mask = torch.rand(b, hkv * g, s, length, generator=gen) < 0.3
     mask[..., :40] = False
-    mask[0, 1, 0] = False
-    mask[0, 1, 0, 77] = True
+    mask[0, 1 % (hkv * g), 0] = False
+    mask[0, 1 % (hkv * g), 0, 77] = True
     mask = mask.to(DEV)
     out = kv_ops.decode_attention(q, kc.to(DEV), vc.to(DEV), mask, d**-0.5, num_splits=splits)
     ref = _reference_attention(q, kc.to(DEV), vc.to(DEV), mask, d**-0.5)
@@ -250,3 +252,17 @@ def test_bench_cli_rejects_unknown_kv_cache(capsys):
 
     assert main(["bench", "model", "--device", "cpu", "--kv-cache", "fp8"]) == 2
     assert "--kv-cache" in capsys.readouterr().err
+
+
+def test_row_and_tile_kernels_agree_on_one_row_per_head():
+    q = _kv(3, 4, 1, 128, 13)
+    kc, vc = kv_ops.quantize_kv(_kv(3, 4, 200, 128, 14), _kv(3, 4, 200, 128, 15), "cpu")
+    kc, vc = kc.to(DEV), vc.to(DEV)
+    mask = (torch.arange(200, device=DEV) < 180)[None, None, None].expand(3, 1, 1, 200)
+    from smoothquant.kernels import triton_kv
+
+    row = triton_kv.decode_attention(q, kc, vc, mask, 128**-0.5, kernel="row", num_splits=2)
+    tile = triton_kv.decode_attention(q, kc, vc, mask, 128**-0.5, kernel="tile", num_splits=2)
+    assert (row - tile).abs().max() < 1e-4 * tile.abs().max()
+    with pytest.raises(ValueError, match="one query row"):
+        triton_kv.decode_attention(_kv(3, 8, 1, 128, 16), kc, vc, None, 0.1, kernel="row")

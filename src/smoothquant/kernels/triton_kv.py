@@ -87,6 +87,91 @@ def write_kv(
 
 
 @triton.jit
+def _attended_range(m_rows, row_ok, start, end, HAS_MASK: tl.constexpr):
+    # The range of cache rows some query attends to (a static cache's unwritten tail is never
+    # read). The attention loops then load K/V by address alone, so the compiler can prefetch
+    # the next blocks while one computes; gating each block's loads on its mask bytes made every
+    # iteration wait for two dependent loads (~1 TB/s). ``m_rows``: [rows, 1] mask row pointers.
+    if HAS_MASK:
+        lo = end
+        hi = start
+        for r0 in range(start, end, _MASK_BLOCK):
+            r = r0 + tl.arange(0, _MASK_BLOCK)
+            allowed = tl.load(m_rows + r[None, :], mask=row_ok[:, None] & (r < end)[None, :], other=0)
+            used = tl.max((allowed != 0).to(tl.int32), 0) > 0
+            lo = tl.minimum(lo, tl.min(tl.where(used, r, end), 0))
+            hi = tl.maximum(hi, tl.max(tl.where(used, r + 1, start), 0))
+    else:
+        lo = start
+        hi = end
+    return lo, hi
+
+
+@triton.jit
+def _decode_attn_row_kernel(
+    q_ptr, k_ptr, v_ptr, m_ptr, o_ptr, part_ptr, lse_ptr,
+    L, HKV, split_len, qk_scale,
+    sq_b, sq_h, rk_b, rk_h, rv_b, rv_h, sm_b, sm_h, so_b, so_h,
+    D: tl.constexpr, DP: tl.constexpr, W: tl.constexpr, SPLIT: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HAS_MASK: tl.constexpr,
+):  # fmt: skip
+    """One query row per KV head (multi-head attention, one decode position): no tensor cores.
+
+    With a single row the MMA tiles of ``_decode_attn_kernel`` are 15/16 padding and every
+    iteration shuffles the int8 tiles into MMA layouts through shared memory. Here the scores
+    are fp32 dot products reduced within each key's threads, and ``p * v`` accumulates into a
+    ``[BLOCK_N, D]`` register tile (the rescale factor of the online softmax is one scalar for
+    one row), summed over keys once at the end: elementwise work per iteration, the loads of
+    the next blocks in flight meanwhile.
+    """
+    pid = tl.program_id(0)
+    split = tl.program_id(1)
+    b = (pid // HKV).to(tl.int64)
+    h = pid % HKV
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < D if BLOCK_D != D else tl.full([BLOCK_D], 1, tl.int1)
+    q = tl.load(q_ptr + b * sq_b + h * sq_h + d, mask=d_ok, other=0.0).to(tl.float32) * qk_scale
+    k_rows = k_ptr + (b * rk_b + h * rk_h) * W
+    v_rows = v_ptr + (b * rv_b + h * rv_h) * W
+    k_scales = k_rows.to(tl.pointer_type(tl.float32), bitcast=True) + DP // 4
+    v_scales = v_rows.to(tl.pointer_type(tl.float32), bitcast=True) + DP // 4
+    start = split * split_len
+    end = tl.minimum(start + split_len, L)
+    m_row = m_ptr + b * sm_b + h * sm_h + tl.zeros([1, 1], tl.int64)
+    lo, hi = _attended_range(m_row, tl.full([1], 1, tl.int1), start, end, HAS_MASK)
+    m_i = tl.max(tl.full([BLOCK_N], float("-inf"), tl.float32), 0)  # fp32 scalars, loop-carried
+    l_i = tl.sum(tl.zeros([BLOCK_N], tl.float32), 0)
+    acc = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    for n0 in range(lo, hi, BLOCK_N):
+        n = n0 + tl.arange(0, BLOCK_N)
+        need = n < hi
+        ok = need
+        if HAS_MASK:
+            ok = ok & (tl.load(m_ptr + b * sm_b + h * sm_h + n, mask=need, other=0) != 0)
+        kq = tl.load(k_rows + n[:, None] * W + d[None, :], mask=need[:, None] & d_ok[None, :], other=0)
+        ks = tl.load(k_scales + n * (W // 4), mask=need, other=0.0)
+        scores = tl.where(ok, tl.sum(kq.to(tl.float32) * q[None, :], 1) * ks, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(scores, 0))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.math.exp2(m_i - m_use)
+        p = tl.math.exp2(scores - m_use)
+        l_i = l_i * alpha + tl.sum(p, 0)
+        vq = tl.load(v_rows + n[:, None] * W + d[None, :], mask=need[:, None] & d_ok[None, :], other=0)
+        vs = tl.load(v_scales + n * (W // 4), mask=need, other=0.0)
+        acc = acc * alpha + (p * vs)[:, None] * vq.to(tl.float32)
+        m_i = m_new
+    total = tl.sum(acc, 0)
+    out = total / tl.where(l_i == 0.0, 1.0, l_i)  # a row that attends to nothing gets zeros
+    if not SPLIT:
+        tl.store(o_ptr + b * so_b + h * so_h + d, out.to(o_ptr.dtype.element_ty), mask=d_ok)
+    else:
+        r = (b * HKV + h) * tl.num_programs(1) + split  # partials [B, Hq, 1, splits, (D)]
+        tl.store(part_ptr + r * D + d, out, mask=d_ok)
+        lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.math.log2(tl.where(l_i == 0.0, 1.0, l_i)))
+        tl.store(lse_ptr + r, lse)
+
+
+@triton.jit
 def _decode_attn_kernel(
     q_ptr, k_ptr, v_ptr, m_ptr, o_ptr, part_ptr, lse_ptr,
     L, HKV, split_len, qk_scale,
@@ -120,22 +205,7 @@ def _decode_attn_kernel(
     start = split * split_len
     end = tl.minimum(start + split_len, L)
     m_rows = m_ptr + b * sm_b + h[:, None] * sm_h + s[:, None] * sm_s
-    if HAS_MASK:
-        # First the range of cache rows some query attends to (a static cache's unwritten tail
-        # is never read). The loop below then loads K/V by address alone, so the compiler can
-        # prefetch the next blocks while this one computes; gating each block's loads on its
-        # mask bytes made every iteration wait for two dependent loads (~1 TB/s).
-        lo = end
-        hi = start
-        for r0 in range(start, end, _MASK_BLOCK):
-            r = r0 + tl.arange(0, _MASK_BLOCK)
-            allowed = tl.load(m_rows + r[None, :], mask=row_ok[:, None] & (r < end)[None, :], other=0)
-            used = tl.max((allowed != 0).to(tl.int32), 0) > 0
-            lo = tl.minimum(lo, tl.min(tl.where(used, r, end), 0))
-            hi = tl.maximum(hi, tl.max(tl.where(used, r + 1, start), 0))
-    else:
-        lo = start
-        hi = end
+    lo, hi = _attended_range(m_rows, row_ok, start, end, HAS_MASK)
     for n0 in range(lo, hi, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
         need = n < hi
@@ -220,15 +290,18 @@ def decode_attention(
     scale: float,
     *,
     num_splits: int | None = None,
-    block_n: int = 64,
+    block_n: int | None = None,
     num_warps: int = 4,
-    num_stages: int = 2,
+    num_stages: int | None = None,
     align: int = KV_PACK_ALIGN,
+    kernel: str = "auto",
 ) -> torch.Tensor:
     """Attention of ``q [B, Hq, S, D]`` over packed int8 caches ``[B, Hkv, L, W]``; ``mask`` is
     boolean, broadcastable to ``[B, Hq, S, L]`` (True: attend), or None (attend to all L).
     Returns ``[B, S, Hq, D]`` in ``q``'s dtype (the layout attention functions return).
-    ``align``: the caches' packing alignment (``kernels/packing.py``)."""
+    ``align``: the caches' packing alignment (``kernels/packing.py``). ``kernel``: "row" (one
+    query row per KV head: multi-head attention at one position), "tile" (the tensor-core
+    kernel, any few rows), or "auto" (row where it applies)."""
     b, hq, s, d = q.shape
     _, hkv, length, w = k_cache.shape
     g = hq // hkv
@@ -238,6 +311,11 @@ def decode_attention(
         mask = mask.expand(b, hq, s, length)
         mask = mask if mask.stride(-1) == 1 else mask.contiguous()
         mask = mask.view(torch.int8)
+    row = kernel == "row" or (kernel == "auto" and g * s == 1)
+    if row and g * s != 1:
+        raise ValueError("the row kernel serves one query row per KV head")
+    block_n = block_n or (32 if row else 64)  # the row kernel keeps a [block_n, D] fp32 tile
+    num_stages = num_stages or (3 if row else 2)
     splits = num_splits or default_splits(b * hkv, length, block_n, q.device)
     split_len = triton.cdiv(triton.cdiv(length, splits), block_n) * block_n
     splits = triton.cdiv(length, split_len)
@@ -246,17 +324,27 @@ def decode_attention(
     if splits > 1:
         part = torch.empty((b, hq, s, splits, d), dtype=torch.float32, device=q.device)
         lse = torch.empty((b, hq, s, splits), dtype=torch.float32, device=q.device)
-    _decode_attn_kernel[(b * hkv, splits)](
-        q, k_cache, v_cache, q if mask is None else mask, out, part, lse,
-        length, hkv, split_len, scale * _LOG2E,
-        *q.stride()[:3], *_rows(k_cache), *_rows(v_cache),
-        *(mask.stride()[:3] if mask is not None else (0, 0, 0)), *out.stride()[:3],
-        S=s, G=g, D=d, DP=w - align, W=w, SPLIT=splits > 1,
-        BLOCK_M=max(16, triton.next_power_of_2(g * s)), BLOCK_N=block_n, BLOCK_D=max(16, triton.next_power_of_2(d)),
-        HAS_MASK=mask is not None, DOT_DTYPE=dot_dtype,
-        PRECISION="ieee" if dot_dtype == tl.float32 else "tf32",  # fp32 models: fp32 products, not tf32
-        num_warps=num_warps, num_stages=num_stages,
-    )  # fmt: skip
+    if row:
+        _decode_attn_row_kernel[(b * hkv, splits)](
+            q, k_cache, v_cache, q if mask is None else mask, out, part, lse,
+            length, hkv, split_len, scale * _LOG2E, q.stride(0), q.stride(1),
+            *_rows(k_cache), *_rows(v_cache), *(mask.stride()[:2] if mask is not None else (0, 0)),
+            out.stride(0), out.stride(2),
+            D=d, DP=w - align, W=w, SPLIT=splits > 1, BLOCK_N=block_n, BLOCK_D=max(16, triton.next_power_of_2(d)),
+            HAS_MASK=mask is not None, num_warps=num_warps, num_stages=num_stages,
+        )  # fmt: skip
+    else:
+        _decode_attn_kernel[(b * hkv, splits)](
+            q, k_cache, v_cache, q if mask is None else mask, out, part, lse,
+            length, hkv, split_len, scale * _LOG2E,
+            *q.stride()[:3], *_rows(k_cache), *_rows(v_cache),
+            *(mask.stride()[:3] if mask is not None else (0, 0, 0)), *out.stride()[:3],
+            S=s, G=g, D=d, DP=w - align, W=w, SPLIT=splits > 1,
+            BLOCK_M=max(16, triton.next_power_of_2(g * s)), BLOCK_N=block_n, BLOCK_D=max(16, triton.next_power_of_2(d)),
+            HAS_MASK=mask is not None, DOT_DTYPE=dot_dtype,
+            PRECISION="ieee" if dot_dtype == tl.float32 else "tf32",  # fp32 models: fp32 products, not tf32
+            num_warps=num_warps, num_stages=num_stages,
+        )  # fmt: skip
     if splits > 1:
         _combine_kernel[(b * hq * s,)](
             part, lse, out, hq, *out.stride()[:3],

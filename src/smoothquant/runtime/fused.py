@@ -24,9 +24,10 @@ from smoothquant.runtime import ops
 from smoothquant.runtime.linear import Int8Linear, keep_fp32
 
 # Above this many rows (prefill of long prompts) the GEMMs are compute-bound and the launches
-# few: on an H100 (random Llama-2-7B, 4x2048 prefill) the fused gate+up GEMM and the
-# elementwise SiLU*up over its strided halves made prefill 4% slower and peak memory 2% higher,
-# while at 512 rows and below fusing was faster (docs/kernels-notes.md).
+# few: on an H100 (random Llama-2-7B, 4x2048 prefill), when gate/up still went through this
+# path, the fused gate+up GEMM and transformers' SiLU * up over its strided halves made prefill
+# 4% slower and peak memory 2% higher, while at 512 rows and below fusing was faster
+# (docs/kernels-notes.md, v7). Gated MLPs now run in runtime/mlp.py at every row count.
 FUSE_MAX_ROWS = 2048
 
 
