@@ -85,16 +85,15 @@ def main() -> None:
         rows.append((b, ctx, "bf16 SDPA", t, b * H * (ctx + 1) * D * 2 * 2 / t / 1e6))
         del bf
         base = triton_kv.default_splits(b * H, length, 64, q.device)
-        variants = [  # (kernel, align, keys per block, warps, slices, stages)
-            ("tile", 4, 64, 4, None, 2),
-            ("row", 4, 32, 4, None, 3),
-            ("row", 4, 32, 4, None, 2),
-            ("row", 4, 64, 4, None, 3),
-            ("row", 4, 16, 4, None, 3),
-            ("row", 4, 32, 8, None, 3),
-            ("row", 4, 32, 2, None, 3),
-            ("row", 4, 32, 4, 2 * base, 3),
+        variants = [  # (kernel, align, keys per block, warps, slices, stages); None: the default
+            ("auto", 16, None, 4, None, None),
+            ("tile", 16, 64, 4, None, 2),
             ("row", 16, 32, 4, None, 3),
+            ("row", 16, 32, 4, None, 2),
+            ("row", 16, 64, 4, None, 3),
+            ("row", 16, 32, 8, None, 3),
+            ("row", 16, 32, 4, 2 * base, 3),
+            ("tile", 4, 64, 4, None, 2),
         ]
         for kern, align, bn, nw, sp, st in variants:
             kw = dict(align=align, block_n=bn, num_warps=nw, num_splits=sp, num_stages=st, kernel=kern)
