@@ -266,5 +266,7 @@ def test_row_and_tile_kernels_agree_on_one_row_per_head():
     row = triton_kv.decode_attention(q, kc, vc, mask, 128**-0.5, kernel="row", num_splits=2)
     tile = triton_kv.decode_attention(q, kc, vc, mask, 128**-0.5, kernel="tile", num_splits=2)
     assert (row - tile).abs().max() < 1e-4 * tile.abs().max()
+    with pytest.raises(ValueError, match="'auto', 'row' or 'tile'"):
+        triton_kv.decode_attention(q, kc, vc, mask, 0.1, kernel="rows")
     with pytest.raises(ValueError, match="one query row"):
         triton_kv.decode_attention(_kv(3, 8, 1, 128, 16), kc, vc, None, 0.1, kernel="row")

@@ -19,17 +19,23 @@ def _triton_or_skip() -> None:
     pytest.importorskip("triton", reason="the Triton backend needs the triton package")
 
 
-@pytest.mark.parametrize("family", ["llama", "opt", "falcon-7b"])
-@pytest.mark.parametrize("scheme", ["w8a8", "O1", "O3"])
-@pytest.mark.parametrize("backend", ["cpu", "triton"])
-def test_converted_model_logits_equal_fake_quant(family, scheme, backend):
+def _quantized_tiny(family: str, scheme: str, backend: str):
+    """A tiny random bf16 model of ``family``, fake-quantized, on the device ``backend`` runs on
+    (Triton: the GPU if there is one, else its interpreter on the CPU), and its token ids."""
     if backend == "triton":
         _triton_or_skip()
-    # Triton runs on the GPU if there is one (else its interpreter on the CPU)
     dev = "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
     model = tiny_model(family, torch.bfloat16).to(dev)
     ids = tiny_batches(2, 12).to(dev)
     sq.quantize_model(model, ids, scheme=scheme, alpha=0.5)
+    return model, ids
+
+
+@pytest.mark.parametrize("family", ["llama", "opt", "falcon-7b"])
+@pytest.mark.parametrize("scheme", ["w8a8", "O1", "O3"])
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_converted_model_logits_equal_fake_quant(family, scheme, backend):
+    model, ids = _quantized_tiny(family, scheme, backend)
     with torch.no_grad():
         want = model(ids).logits.float()
         convert(model, backend)
@@ -55,14 +61,9 @@ def test_converted_model_logits_equal_fake_quant(family, scheme, backend):
 )
 @pytest.mark.parametrize("scheme", ["O1", "O3"])
 def test_fused_siblings_give_the_unfused_logits(family, backend, scheme):
-    if backend == "triton":
-        _triton_or_skip()
     import copy
 
-    dev = "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
-    model = tiny_model(family, torch.bfloat16).to(dev)
-    ids = tiny_batches(2, 12).to(dev)
-    sq.quantize_model(model, ids, scheme=scheme, alpha=0.5)
+    model, ids = _quantized_tiny(family, scheme, backend)
     other = copy.deepcopy(model)
     with torch.no_grad():
         fused = convert(model, backend)(ids).logits

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -14,7 +15,12 @@ def use_pdl(device: torch.device) -> bool:
     ``SMOOTHQUANT_PDL=0`` turns it off (for A/B timing); the interpreter never uses it."""
     if device.type != "cuda" or os.environ.get("SMOOTHQUANT_PDL", "1") == "0":
         return False
-    return torch.cuda.get_device_capability(device)[0] >= 9
+    return _hopper_or_newer(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache
+def _hopper_or_newer(index: int) -> bool:  # asked on every launch: once per device
+    return torch.cuda.get_device_capability(index)[0] >= 9
 
 
 def pdl_kwargs(pdl: bool) -> dict:

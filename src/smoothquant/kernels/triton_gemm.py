@@ -21,12 +21,11 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from smoothquant.kernels.launch import pdl_kwargs, use_pdl
 from smoothquant.kernels.layout import PAIR
-from smoothquant.kernels.triton_quant import _round_to_bf16
+from smoothquant.kernels.triton_quant import _pdl_wait, _round_to_bf16
 
 _PAIR = tl.constexpr(PAIR)
 ACTIVATIONS = {"silu": 1, "gelu_tanh": 2}  # epilogue activations of interleave_gate_up weights
@@ -103,16 +102,14 @@ def _pdl_enter(b_ptr, stride_b, first, M, N, K, PDL: tl.constexpr, PREFETCH_K: t
     # quantization, or the previous GEMM) is still running. The weights do not depend on it, so
     # the first tile's weight columns go to L2 first; gdc_wait then blocks until the previous
     # grid has finished and its writes are visible, before anything reads the activations.
-    if PDL:
-        if PREFETCH_K > 0:
-            num_pid_m = tl.cdiv(M, BLOCK_M)
-            num_pid_n = tl.cdiv(N, BLOCK_N)
-            k_per_split = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K)
-            _, pid_n = _tile_coords(first // SPLIT_K, num_pid_m, num_pid_n, GROUP_M)
-            _prefetch_l2(b_ptr, stride_b, pid_n * BLOCK_N, N, (first % SPLIT_K) * k_per_split * BLOCK_K, K,
-                         BLOCK_N, PREFETCH_K)  # fmt: skip
-        gdc_wait()
-        gdc_launch_dependents()
+    if PDL and PREFETCH_K > 0:
+        num_pid_m = tl.cdiv(M, BLOCK_M)
+        num_pid_n = tl.cdiv(N, BLOCK_N)
+        k_per_split = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K)
+        _, pid_n = _tile_coords(first // SPLIT_K, num_pid_m, num_pid_n, GROUP_M)
+        _prefetch_l2(b_ptr, stride_b, pid_n * BLOCK_N, N, (first % SPLIT_K) * k_per_split * BLOCK_K, K,
+                     BLOCK_N, PREFETCH_K)  # fmt: skip
+    _pdl_wait(PDL)
 
 
 @triton.jit
@@ -221,9 +218,7 @@ def _split_k_reduce_kernel(
     HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     PDL: tl.constexpr = False, ACT: tl.constexpr = 0,
 ):  # fmt: skip
-    if PDL:
-        gdc_wait()
-        gdc_launch_dependents()
+    _pdl_wait(PDL)
     m0 = tl.program_id(0) * BLOCK_M
     n0 = tl.program_id(1) * BLOCK_N
     offs_m = m0 + tl.arange(0, BLOCK_M)

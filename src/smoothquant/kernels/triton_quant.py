@@ -66,9 +66,10 @@ def _row_scale(absmax, static_ptr, DYNAMIC: tl.constexpr):
 
 
 @triton.jit
-def _pdl_enter(PDL: tl.constexpr):
-    # launched early under programmatic dependent launch: wait for the producer of x, then let
-    # the GEMM that reads these rows start its weight prefetch
+def _pdl_wait(PDL: tl.constexpr):
+    # launched early under programmatic dependent launch: wait until the previous grid has
+    # finished and its writes are visible (nothing before this may read or write activations),
+    # then let the next kernel (the GEMM reading these rows) launch and prefetch its weights
     if PDL:
         gdc_wait()
         gdc_launch_dependents()
@@ -79,7 +80,7 @@ def _quant_rows_kernel(
     x_ptr, q_ptr, static_ptr, K, stride_x, stride_q,
     DYNAMIC: tl.constexpr, BLOCK_K: tl.constexpr, ONE_TILE: tl.constexpr, PDL: tl.constexpr = False,
 ):  # fmt: skip
-    _pdl_enter(PDL)
+    _pdl_wait(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK_K)
     x_row = x_ptr + row * stride_x
@@ -110,7 +111,7 @@ def _norm_quant_kernel(
     RMS: tl.constexpr, HAS_BIAS: tl.constexpr, DYNAMIC: tl.constexpr,
     ROUND_BF16: tl.constexpr, ROUND_F16: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr = False,
 ):  # fmt: skip
-    _pdl_enter(PDL)
+    _pdl_wait(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK_K)
     mask = cols < K
@@ -195,13 +196,14 @@ def norm_quantize_rows(
     packed = torch.empty((m, width), dtype=torch.int8, device=x.device)
     if m:
         block = triton.next_power_of_2(k)
+        pdl = use_pdl(x.device)
         _norm_quant_kernel[(m,)](
             x2, weight, weight if bias is None else bias, packed,
             weight if static_scale is None else static_scale, k, x2.stride(0), width, eps, weight_offset,
             RMS=rms, HAS_BIAS=bias is not None,
             DYNAMIC=static_scale is None, ROUND_BF16=x.dtype == torch.bfloat16,
-            ROUND_F16=x.dtype == torch.float16, BLOCK_K=block, PDL=use_pdl(x.device),
+            ROUND_F16=x.dtype == torch.float16, BLOCK_K=block, PDL=pdl,
             num_warps=min(max(block // 512, 1), 16) if m >= 256 else 16,  # as quantize_rows
-            **pdl_kwargs(use_pdl(x.device)),
+            **pdl_kwargs(pdl),
         )  # fmt: skip
     return packed.reshape(*x.shape[:-1], width)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from smoothquant.runtime import ops
-from smoothquant.runtime.linear import Int8Linear, keep_fp32
+from smoothquant.runtime.linear import Int8Linear, Int8Weights
 
 # Above this many rows (prefill of long prompts) the GEMMs are compute-bound and the launches
 # few: on an H100 (random Llama-2-7B, 4x2048 prefill), when gate/up still went through this
@@ -31,7 +31,7 @@ from smoothquant.runtime.linear import Int8Linear, keep_fp32
 FUSE_MAX_ROWS = 2048
 
 
-class Int8SiblingGroup(nn.Module):
+class Int8SiblingGroup(Int8Weights):
     """The concatenated weights of Int8Linears that read the same input, and their one GEMM."""
 
     def __init__(self, members: list[Int8Linear]) -> None:
@@ -51,30 +51,13 @@ class Int8SiblingGroup(nn.Module):
         self.register_buffer("input_scale", first.input_scale)
         self._pending: tuple[torch.Tensor, list[torch.Tensor], set[int]] | None = None
 
-    def _apply(self, fn, recurse=True):  # type: ignore[override]
-        keep_fp32(
-            self,
-            lambda f: super(Int8SiblingGroup, self)._apply(f, recurse),
-            fn,
-            ("weight_scale", "input_scale"),
-        )
-        self.out_dtype = fn(torch.empty(0, dtype=self.out_dtype)).dtype
-        return self
-
     def _gemm(self, x: torch.Tensor, rows: slice) -> torch.Tensor:
         """Output columns ``rows`` (weight rows) for input ``x``: packed INT8 rows or floats."""
-        backend = ops.resolve_backend(self.backend, x.device)
-        weight = self.qweight[rows, : self.in_features]
         bias = None if self.bias is None else self.bias[rows]
-        if x.dtype == torch.int8:  # packed rows from the folded norm
-            from smoothquant.kernels.packing import unpack
-
-            q, scale = unpack(x, self.in_features)
-            y = ops.int8_matmul(q, scale, weight, self.weight_scale[rows], bias, self.out_dtype, backend)
-            return y.reshape(*x.shape[:-1], -1)
         return ops.w8a8_linear(
-            x, weight, self.weight_scale[rows], bias, self.input_quant, self.input_scale, backend
-        )
+            x, self.qweight[rows, : self.in_features], self.weight_scale[rows], bias, self.input_quant,
+            self.input_scale, ops.resolve_backend(self.backend, x.device), self.out_dtype,
+        )  # fmt: skip
 
     def output(self, index: int, x: torch.Tensor) -> torch.Tensor:
         """Member ``index``'s output for input ``x``: computed with its siblings' on the first ask

@@ -37,7 +37,21 @@ def unsupported_reason(module: FakeQuantLinear) -> str | None:
     return None
 
 
-class Int8Linear(nn.Module):
+class Int8Weights(nn.Module):
+    """Base of the modules holding int8 weights: ``weight_scale``/``input_scale`` stay fp32 when
+    the model is cast, and ``out_dtype`` (what packed INT8 inputs produce) follows the cast."""
+
+    out_dtype: torch.dtype
+
+    def _apply(self, fn, recurse=True):  # type: ignore[override]
+        keep_fp32(
+            self, lambda f: super(Int8Weights, self)._apply(f, recurse), fn, ("weight_scale", "input_scale")
+        )
+        self.out_dtype = fn(torch.empty(0, dtype=self.out_dtype)).dtype
+        return self
+
+
+class Int8Linear(Int8Weights):
     """``y = cast((q_x @ q_w.T) * s_x * s_w + b)`` with ``q_x`` quantized per ``input_quant``.
 
     Buffers: ``qweight`` int8 ``[out, in]`` (rows padded to 16 bytes), ``weight_scale`` fp32
@@ -145,26 +159,13 @@ class Int8Linear(nn.Module):
         bias = None if bias is None else bias.detach()
         return cls._build(q, scale, bias, weight_quant, input_quant, input_scale, backend, weight.dtype)
 
-    def _apply(self, fn, recurse=True):  # type: ignore[override]
-        keep_fp32(
-            self, lambda f: super(Int8Linear, self)._apply(f, recurse), fn, ("weight_scale", "input_scale")
-        )
-        self.out_dtype = fn(torch.empty(0, dtype=self.out_dtype)).dtype
-        return self
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: floats, or packed INT8 rows from a folded norm
         backend = ops.resolve_backend(self.backend, x.device)
-        if x.dtype == torch.int8:  # packed rows from a folded norm
-            from smoothquant.kernels.packing import unpack
-
-            q, scale = unpack(x, self.in_features)
-            y = ops.int8_matmul(
-                q, scale, self.weight_int8, self.weight_scale, self.bias, self.out_dtype, backend
-            )
-            return y.reshape(*x.shape[:-1], self.out_features)
         return ops.w8a8_linear(
-            x, self.weight_int8, self.weight_scale, self.bias, self.input_quant, self.input_scale, backend
-        )
+            x, self.weight_int8, self.weight_scale, self.bias, self.input_quant, self.input_scale, backend,
+            self.out_dtype,
+        )  # fmt: skip
 
     def extra_repr(self) -> str:
         a = self.input_quant

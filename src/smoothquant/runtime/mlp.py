@@ -22,7 +22,7 @@ from torch import nn
 
 from smoothquant.kernels.layout import PAIR, interleave_gate_up, split_gate_up
 from smoothquant.runtime import ops
-from smoothquant.runtime.linear import Int8Linear, keep_fp32
+from smoothquant.runtime.linear import Int8Linear, Int8Weights
 
 
 def activation_kind(act: nn.Module | None, device: torch.device) -> str | None:
@@ -75,7 +75,7 @@ class Int8GatedHalf(nn.Module):
         return f"{'gate' if self.index == 0 else 'up'} rows of the fused gate/up GEMM"
 
 
-class Int8GatedMLP(nn.Module):
+class Int8GatedMLP(Int8Weights):
     """``down_proj(act(x @ gate.T) * (x @ up.T))``, gate and up as one INT8 GEMM (see module)."""
 
     def __init__(self, gate: Int8Linear, up: Int8Linear, down: Int8Linear, act: str) -> None:
@@ -108,28 +108,12 @@ class Int8GatedMLP(nn.Module):
             return "gate and up have different static input scales"
         return None
 
-    def _apply(self, fn, recurse=True):  # type: ignore[override]
-        keep_fp32(
-            self,
-            lambda f: super(Int8GatedMLP, self)._apply(f, recurse),
-            fn,
-            ("weight_scale", "input_scale"),
-        )
-        self.out_dtype = fn(torch.empty(0, dtype=self.out_dtype)).dtype
-        return self
-
     def gemm(self, x, weight, weight_scale, bias, act: str | None) -> torch.Tensor:
         """``x`` (packed INT8 rows from a folded norm, or floats) times ``weight``, epilogue ``act``."""
         backend = ops.resolve_backend(self.backend, x.device)
-        if x.dtype == torch.int8:
-            from smoothquant.kernels.packing import unpack
-
-            q, scale = unpack(x, self.in_features)
-        else:
-            x2 = x.reshape(-1, x.shape[-1])
-            q, scale = ops.quantize_rows(x2, self.input_quant, self.input_scale, backend)
-        y = ops.int8_matmul(q, scale, weight, weight_scale, bias, self.out_dtype, backend, act=act)
-        return y.reshape(*x.shape[:-1], -1)
+        return ops.w8a8_linear(
+            x, weight, weight_scale, bias, self.input_quant, self.input_scale, backend, self.out_dtype, act
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.qweight[:, : self.in_features]

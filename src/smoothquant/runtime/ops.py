@@ -95,7 +95,7 @@ def int8_matmul(
     """``cast((q @ qweight.T) * scale[:, None] * weight_scale[None, :] + bias)``; ``qweight [N, K]``.
 
     ``act``: ``qweight`` holds a gated MLP's gate and up rows interleaved
-    (``kernels/triton_gemm.interleave_gate_up``); the result is ``act(gate) * up`` computed in
+    (``kernels/layout.interleave_gate_up``); the result is ``act(gate) * up`` computed in
     ``out_dtype`` as the floating-point MLP computes it (fused into the GEMM on Triton)."""
     if backend == "triton":
         from smoothquant.kernels import triton_gemm
@@ -125,12 +125,23 @@ def w8a8_linear(
     input_quant: ActQuant,
     input_scale: torch.Tensor | None,
     backend: str,
+    out_dtype: torch.dtype | None = None,
+    act: str | None = None,
 ) -> torch.Tensor:
-    """A linear layer in INT8: quantize ``x [..., K]`` per ``input_quant``, GEMM, epilogue."""
-    x2 = x.reshape(-1, x.shape[-1])
-    q, scale = quantize_rows(x2, input_quant, input_scale, backend)
-    y = int8_matmul(q, scale, qweight, weight_scale, bias, x.dtype, backend)
-    return y.reshape(*x.shape[:-1], qweight.shape[0])
+    """A linear layer in INT8: quantize ``x [..., K]`` per ``input_quant``, GEMM, epilogue.
+
+    ``x`` may instead be packed INT8 rows from a folded norm (``kernels/packing.py``), used as
+    they are; the result is then in ``out_dtype`` (the model's dtype), else in ``x``'s dtype.
+    ``act``: see :func:`int8_matmul`."""
+    k = qweight.shape[1]
+    if x.dtype == torch.int8:
+        q, scale = unpack(x, k)
+        dtype = out_dtype or torch.float32
+    else:
+        q, scale = quantize_rows(x.reshape(-1, k), input_quant, input_scale, backend)
+        dtype = x.dtype
+    y = int8_matmul(q, scale, qweight, weight_scale, bias, dtype, backend, act=act)
+    return y.reshape(*x.shape[:-1], -1)
 
 
 def norm_reference(
