@@ -9,6 +9,7 @@ import re
 
 import torch
 import triton
+import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
@@ -56,20 +57,24 @@ def main() -> None:
         (g.choose_config(m, 4096, 4096), 0) for m in (8, 64, 512)
     }
     # the gated MLP's epilogue (act 1: silu, 2: gelu) on the configs the runtime picks for 2 * 11008
-    configs |= {(g.choose_config(m, 22016), act) for m in (8, 64, 512, 4096) for act in (1, 2)}
-    for cfg, act in sorted(configs, key=str):
+    configs = {(c, act, False) for c, act in configs}
+    configs |= {(g.choose_config(m, 22016), act, False) for m in (8, 64, 512, 4096) for act in (1, 2)}
+    # the gated epilogue writing packed INT8 rows (static scale, the down projection's input)
+    configs |= {(g.choose_config(m, 22016), 1, True) for m in (8, 64, 512, 4096)}
+    for cfg, act, quant_out in sorted(configs, key=str):
         tma = cfg.split_k == 1
         store_n = cfg.block_n // (2 if cfg.subtile else 1) // (2 if act else 1)
+        out = "i8" if quant_out else "bf16"
         sig = {
             "a_desc": f"tensordesc<i8[{cfg.block_m},{cfg.block_k}]>", "b_desc": f"tensordesc<i8[{cfg.block_n},{cfg.block_k}]>",
-            "a_scale_ptr": "*fp32", "stride_as": "i32", "b_scale_ptr": "*fp32", "bias_ptr": "*bf16", "c_ptr": "*bf16",
-            "c_desc": f"tensordesc<bf16[{cfg.block_m},{store_n}]>" if tma else "constexpr",
+            "a_scale_ptr": "*fp32", "stride_as": "i32", "b_scale_ptr": "*fp32", "bias_ptr": "*bf16", "c_ptr": f"*{out}",
+            "c_desc": f"tensordesc<{out}[{cfg.block_m},{store_n}]>" if tma else "constexpr",
             "stride_cm": "i32", "ws_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32", "num_programs": "i32",
-            "b_ptr": "*i8", "stride_b": "i32",
+            "b_ptr": "*i8", "stride_b": "i32", "out_scale_ptr": "*fp32", "scale_col": "i32",
         }  # fmt: skip
         const = {"HAS_BIAS": True, "TMA_STORE": tma, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n,
                  "BLOCK_K": cfg.block_k, "GROUP_M": cfg.group_m, "SPLIT_K": cfg.split_k, "FLATTEN": cfg.persistent, "SUBTILE": cfg.subtile,
-                 "PDL": True, "PREFETCH_K": cfg.prefetch_k, "ACT": act}  # fmt: skip
+                 "PDL": True, "PREFETCH_K": cfg.prefetch_k, "ACT": act, "QUANT_OUT": quant_out, "DTYPE": tl.bfloat16}  # fmt: skip
         if not tma:
             const["c_desc"] = None
             del sig["c_desc"]
@@ -79,16 +84,14 @@ def main() -> None:
         assert "griddepcontrol.wait" in ptx and ("prefetch.global.L2" in ptx) == (cfg.prefetch_k > 0), cfg
         mma = "wgmma" if "wgmma" in ptx else "mma.sync" if "mma.sync" in ptx else "NO MMA"
         print(
-            f"{cfg!s:32s} act {act} smem {k.metadata.shared:7d}  {mma:8s} tma {len(re.findall('cp.async.bulk.tensor', ptx))}"
+            f"{cfg!s:32s} act {act}{' int8 out' if quant_out else ''} smem {k.metadata.shared:7d}  {mma:8s} tma {len(re.findall('cp.async.bulk.tensor', ptx))}"
         )
-    sig = {"ws_ptr": "*i32", "split_stride": "i32", "a_scale_ptr": "*fp32", "stride_as": "i32", "b_scale_ptr": "*fp32", "bias_ptr": "*bf16",
-           "c_ptr": "*bf16", "stride_cm": "i32", "M": "i32", "N": "i32"}  # fmt: skip
-    build(
-        g._split_k_reduce_kernel,
-        sig,
-        {"HAS_BIAS": True, "SPLIT_K": 2, "BLOCK_M": 16, "BLOCK_N": 256, "PDL": True, "ACT": 1},
-        num_warps=4,
-    )
+    for quant_out in (False, True):
+        sig = {"ws_ptr": "*i32", "split_stride": "i32", "a_scale_ptr": "*fp32", "stride_as": "i32", "b_scale_ptr": "*fp32", "bias_ptr": "*bf16",
+               "c_ptr": "*i8" if quant_out else "*bf16", "stride_cm": "i32", "M": "i32", "N": "i32", "out_scale_ptr": "*fp32", "scale_col": "i32"}  # fmt: skip
+        const = {"HAS_BIAS": True, "SPLIT_K": 2, "BLOCK_M": 16, "BLOCK_N": 256, "PDL": True, "ACT": 1,
+                 "QUANT_OUT": quant_out, "DTYPE": tl.bfloat16}  # fmt: skip
+        build(g._split_k_reduce_kernel, sig, const, num_warps=4)
     print("gemm kernels OK")
     kv_kernels()
 

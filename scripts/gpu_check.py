@@ -17,7 +17,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from smoothquant.bench.gemm import sweep_configs
 from smoothquant.kernels import triton_gemm, triton_quant
 from smoothquant.kernels.packing import unpack
-from smoothquant.quantization.scheme import PER_CHANNEL, PER_TENSOR, TENSOR_STATIC, TOKEN_DYNAMIC
+from smoothquant.quantization.scheme import (
+    PER_CHANNEL,
+    PER_TENSOR,
+    TENSOR_STATIC,
+    TOKEN_DYNAMIC,
+)
 from smoothquant.runtime import ops
 from smoothquant.runtime.linear import Int8Linear
 
@@ -105,6 +110,35 @@ def check_gemm() -> None:
             report(f"Int8Linear bf16 {m}x{k}x{n} {wq.granularity}", err < 1e-2, f"max rel err {err:.1e}")
 
 
+def check_exact_division() -> None:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def divide_both_ways(x_ptr, s_ptr, out_ptr, n, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        x = tl.load(x_ptr + offs, mask=offs < n, other=1.0)
+        s = tl.load(s_ptr + offs, mask=offs < n, other=1.0)
+        exact = tl.math.div_rn(x, s)
+        fast = triton_quant._div_exact(x, s, tl.math.div_rn(tl.full([BLOCK], 1.0, tl.float32), s))
+        tl.store(out_ptr + offs, (exact != fast).to(tl.int32), mask=offs < n)
+
+    # 2**27 quotients: scales absmax / 127 over 12 decades, values random and at j + 0.5 +- 1 ulp
+    n, bad = (2**24 if DEV == "cuda" else 2**12), 0  # cpu: a dry run
+    for rep in range(8):
+        g = torch.Generator(device=DEV).manual_seed(rep)
+        s = (10 ** (torch.rand(n, device=DEV, generator=g) * 12 - 8)) / 127
+        j = torch.randint(-127, 127, (n,), device=DEV, generator=g).float()
+        x = (j + 0.5) * s if rep % 2 else (torch.rand(n, device=DEV, generator=g) * 2 - 1) * 127 * s
+        if rep % 4 == 3:  # one ulp above or below a tie (rep % 4 == 1: the ties themselves)
+            up = torch.rand(n, device=DEV, generator=g) < 0.5
+            x = x.nextafter(torch.where(up, 1e30, -1e30))
+        out = torch.empty(n, dtype=torch.int32, device=DEV)
+        divide_both_ways[(triton.cdiv(n, 1024),)](x, s, out, n, BLOCK=1024)
+        bad += int(out.sum().item())
+    report("fma-corrected reciprocal == div_rn on 2**27 quotients", bad == 0, f"{bad} differ")
+
+
 def check_models() -> None:
     import smoothquant as sq
     from smoothquant.runtime import convert
@@ -145,7 +179,9 @@ def ceilings() -> None:
 
 if __name__ == "__main__":
     print(torch.cuda.get_device_name() if DEV == "cuda" else "cpu", torch.__version__, flush=True)
-    for fn in (check_quant, check_norm, check_gemm, check_models, ceilings)[: 4 if DEV == "cpu" else 5]:
+    for fn in (check_quant, check_norm, check_gemm, check_exact_division, check_models, ceilings)[
+        : 5 if DEV == "cpu" else 6
+    ]:
         try:
             fn()
         except Exception as e:

@@ -48,6 +48,9 @@ for step in $steps; do
       python3 -m smoothquant bench gemm --models llama-2-7b,llama-2-7b-fused --m 512 --sweep \
         --json "$OUT/gemm512.json" > "$OUT/gemm512.log" 2>&1
       grep -E "^llama" "$OUT/gemm512.log" | sort -u | cut -c1-60;;
+    explore) python3 scripts/gpu_explore.py ${EXPLORE:-} > "$OUT/explore.log" 2>&1; tail -110 "$OUT/explore.log";;
+    profile) python3 scripts/gpu_explore.py profile > "$OUT/profile.log" 2>&1; tail -70 "$OUT/profile.log";;
+    env) (which nvcc; ls -d /usr/local/cuda* ; nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw --format=csv) 2>&1 | head;;
     gemm13)
       python3 -m smoothquant bench gemm --json "$OUT/gemm_all.json" > "$OUT/gemm_all.log" 2>&1
       grep -E "^llama" "$OUT/gemm_all.log" | cut -c1-60;;

@@ -15,7 +15,10 @@ from smoothquant.quantization.scheme import TENSOR_DYNAMIC, TENSOR_STATIC, TOKEN
 from smoothquant.runtime import ops
 
 triton = pytest.importorskip("triton", reason="the Triton kernels need the triton package")
+import triton.language as tl  # noqa: E402
+
 from smoothquant.kernels import triton_gemm  # noqa: E402
+from smoothquant.kernels.triton_quant import _round_to_bf16  # noqa: E402
 
 # the Triton kernels run where Triton does: the GPU if there is one, else the interpreter on the CPU
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -66,6 +69,22 @@ def test_quantize_rows_rounds_half_to_even_and_clamps():
     x = torch.tensor([[0.5, 1.5, 2.5, -0.5, -2.5, 126.5, 300.0, -300.0, 0.0]], device=DEV)
     q, _ = ops.quantize_rows(x, TENSOR_STATIC, torch.tensor([1.0], device=DEV), "triton")
     assert q.tolist() == [[0, 2, 2, 0, -2, 126, 127, -127, 0]]
+
+
+def test_quantize_rows_divides_exactly_at_ties_and_clamps_huge_quotients():
+    # the kernels divide with an fma-corrected reciprocal: at (j + 0.5) * scale and one ulp either
+    # side it must give the correctly rounded quotient (else round-half-even lands elsewhere), and
+    # quotients that overflow fp32 must still clamp to +-127 with their sign
+    g = torch.Generator().manual_seed(3)
+    scale = (torch.rand(1, generator=g) * 0.37 + 0.01).float()
+    ties = (torch.arange(-127, 127).float() + 0.5) * scale
+    huge = torch.tensor([3e38, -3e38, 1e30, -1e30, 257 * scale.item(), -257 * scale.item()])
+    x = torch.cat([ties, ties.nextafter(torch.tensor(1e9)), ties.nextafter(torch.tensor(-1e9)), huge])
+    for s in (scale, torch.tensor([1e-10])):
+        q, _ = ops.quantize_rows(x[None].to(DEV), TENSOR_STATIC, s.to(DEV), "triton")
+        q_ref, _ = quantize_activation(x[None], TENSOR_STATIC, s)
+        assert torch.equal(q.cpu().float(), q_ref)
+    assert q[0, -6:].tolist() == [127, -127, 127, -127, 127, -127]
 
 
 def test_nonfinite_rows_get_nan_scales():
@@ -196,3 +215,70 @@ def test_gated_gemm_equals_the_unfused_mlp(m, i, k, split, out_dtype, act):
         # (GELU of large negative inputs: torch's 1 + tanh cancels to 0 where ours keeps ~1e-11)
         assert (diff <= 2**-7 * want.float().abs() + 1e-6 * want.float().abs().max()).all()
         assert (diff > 0).float().mean() < 0.05
+
+
+@pytest.mark.parametrize("act", [None, "silu"])
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("m", "split"), [(5, False), (33, False), (3, True)])
+def test_gemm_writes_int8_rows_at_a_static_scale(m, split, out_dtype, act):
+    # out_scale: the epilogue quantizes its result (rounded to the model dtype first) as the next
+    # linear's static input quantization would, and writes packed rows: the same bytes as the
+    # float result run through quantize_rows
+    from smoothquant.kernels import triton_quant
+
+    k, n = 70, 64
+    cfg = triton_gemm.GemmConfig(16, 32, 32, 4, 2, split_k=2) if split else None
+    q, s = ops.quantize_rows(_x(m, k, torch.float32), TOKEN_DYNAMIC, None, "triton")
+    s = s.clone()
+    s[1] = float("nan")  # a row that turns non-finite: its scale slot must say so
+    w, ws = _weight(n, k), torch.rand(n, device=DEV) * 1e-2
+    bias = torch.randn(n).to(DEV, out_dtype)
+    static = torch.tensor([0.004], device=DEV)
+    if act:  # the gated epilogue rounds every step to out_dtype itself
+        floats = triton_gemm.int8_gemm(q, s, w, ws, bias, out_dtype, cfg, act=act)
+    else:  # fp32 epilogue, rounded to out_dtype by torch (the interpreter's casts truncate)
+        floats = triton_gemm.int8_gemm(q, s, w, ws, bias.float(), torch.float32, cfg).to(out_dtype)
+    want = triton_quant.quantize_rows(floats, static)
+    got = triton_gemm.int8_gemm(q, s, w, ws, bias, out_dtype, cfg, act=act, out_scale=static)
+    assert got.dtype == torch.int8 and got.shape == want.shape
+    qg, sg = unpack(got, floats.shape[1])
+    qw, sw = unpack(want, floats.shape[1])
+    assert sg[1].isnan() and torch.equal(sg[[0, *range(2, m)]], sw[[0, *range(2, m)]])
+    keep = [0, *range(2, m)]
+    assert torch.equal(qg[keep], qw[keep])
+    assert (qw[keep].float().abs() == 127).any() and (
+        qw[keep] != 0
+    ).float().mean() > 0.5  # clamps, not all zero
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_int8_matmul_out_scale_is_the_same_on_every_backend(backend):
+    q, s = ops.quantize_rows(_x(6, 48, torch.float32), TOKEN_DYNAMIC, None, "reference")
+    w, ws = _weight(64, 48), torch.rand(64, device=DEV) * 1e-2
+    static = torch.tensor([0.004], device=DEV)
+    args = (q, s, w, ws, None, torch.bfloat16)
+    want = ops.int8_matmul(*args, "triton", out_scale=static)
+    cpu_args = [t.cpu() if isinstance(t, torch.Tensor) else t for t in args]
+    got = ops.int8_matmul(*cpu_args, backend, out_scale=static.cpu())
+    assert got.dtype == torch.int8 and got.shape == want.shape
+    for a, b in zip(unpack(got, 64), unpack(want.cpu(), 64), strict=True):  # padding bytes aside
+        assert torch.equal(a, b)
+
+
+@triton.jit
+def _round_kernel(x_ptr, out_ptr, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    tl.store(out_ptr + offs, _round_to_bf16(tl.load(x_ptr + offs)))
+
+
+def test_bf16_rounding_keeps_nan_and_inf():
+    # the kernels' integer-op rounding to bf16; the GPU's canonical NaN (0x7FFFFFFF) once
+    # overflowed into the sign bit and came out as -0.0, hiding a NaN row from the NaN-scale rule
+    bits = [0x7FFFFFFF, 0x7FC00000, 0xFFFFFFFF, 0x7F800000, 0xFF800000, 0x7F7FFFFF, 0x3F800000, 0x3F808000]
+    x = torch.tensor(bits, dtype=torch.int64).to(torch.int32).view(torch.float32).to(DEV)
+    out = torch.empty_like(x)
+    _round_kernel[(1,)](x, out, BLOCK=8)
+    out = out.cpu()
+    assert out[:3].isnan().all()
+    assert out[3] == float("inf") and out[4] == float("-inf") and out[5] == float("inf")  # max fp32 rounds up
+    assert out[6] == 1.0 and out[7] == 1.0  # 1 + 2**-8: a tie, to even

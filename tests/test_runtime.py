@@ -56,6 +56,35 @@ def test_converted_model_logits_equal_fake_quant(family, scheme, backend):
     assert ((got - want).norm() / want.norm()).item() < 2e-2
 
 
+@pytest.mark.parametrize("scheme", ["O1", "O3"])
+@pytest.mark.parametrize(("tokens", "min_rows"), [(5, 1), (24, 1), (24, None)])
+def test_o3_down_projection_takes_int8_rows_from_the_gated_epilogue(scheme, tokens, min_rows, monkeypatch):
+    # a static per-tensor down projection (O3) reads its input as INT8 rows written by the gate/up
+    # GEMM's epilogue (no float pass over [tokens, I]) from INT8_OUT_MIN_ROWS rows on; dynamic
+    # schemes keep the float product. Either way the logits stay the fake-quant model's
+    from smoothquant.kernels import triton_gemm
+    from smoothquant.runtime import mlp
+
+    if min_rows is not None:
+        monkeypatch.setattr(mlp, "INT8_OUT_MIN_ROWS", min_rows)
+    int8_out = scheme == "O3" and tokens >= mlp.INT8_OUT_MIN_ROWS
+    model, ids = _quantized_tiny("llama", scheme, "triton")
+    ids = ids.reshape(1, -1)[:, :tokens]
+    calls = {"int8_out": 0}
+    gemm = triton_gemm.int8_gemm
+
+    def spy_gemm(*args, **kwargs):
+        calls["int8_out"] += kwargs.get("out_scale") is not None
+        return gemm(*args, **kwargs)
+
+    monkeypatch.setattr(triton_gemm, "int8_gemm", spy_gemm)
+    with torch.no_grad():
+        want = model(ids).logits.float()
+        got = convert(model, "triton")(ids).logits.float()
+    assert calls["int8_out"] == (model.config.num_hidden_layers if int8_out else 0)
+    assert ((got - want).norm() / want.norm()).item() < 2e-2
+
+
 @pytest.mark.parametrize(
     ("family", "backend"), [("llama", "triton"), ("falcon-7b", "triton"), ("llama", "cpu")]
 )

@@ -25,7 +25,8 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from smoothquant.kernels.launch import pdl_kwargs, use_pdl
 from smoothquant.kernels.layout import PAIR
-from smoothquant.kernels.triton_quant import _pdl_wait, _round_to_bf16
+from smoothquant.kernels.packing import PACK_ALIGN, packed_width
+from smoothquant.kernels.triton_quant import _nonfinite, _pdl_wait, _quantize, _round_to_bf16
 
 _PAIR = tl.constexpr(PAIR)
 ACTIVATIONS = {"silu": 1, "gelu_tanh": 2}  # epilogue activations of interleave_gate_up weights
@@ -61,6 +62,8 @@ def choose_config(m: int, n: int, num_sms: int = 132) -> GemmConfig:
     """Tile shapes by problem size: the fastest of ``smoothquant bench gemm --sweep`` on an H100
     for Llama-2 7B/13B shapes (docs/kernels-notes.md)."""
     if m <= 16:  # weight-streaming: many narrow column tiles, deep pipelines
+        if _wave_efficiency(-(-n // 32), num_sms) < 0.85:  # e.g. N = 5120: 160 tiles, 1.2 waves
+            return GemmConfig(16, 64, 512, 4, 4)
         return GemmConfig(16, 32, 512, 4, 4, prefetch_k=1024) if n >= 8192 else GemmConfig(16, 32, 256, 4, 6)
     if m <= 128:
         return GemmConfig(64, 128, 128, 4, 4, split_k=1 if n >= 8192 else 2)
@@ -139,23 +142,52 @@ def _gated(out, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ACT: tl.constexpr,
 
 
 @triton.jit
-def _epilogue(acc, m0, n0, M, N, a_scale_ptr, stride_as, b_scale_ptr, bias_ptr, c_ptr, c_desc, stride_cm,
-              HAS_BIAS: tl.constexpr, TMA_STORE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-              SUBTILE: tl.constexpr = False, ACT: tl.constexpr = 0):  # fmt: skip
+def _row_scales(a_scale_ptr, stride_as, m0, M, BLOCK_M: tl.constexpr):
     offs_m = m0 + tl.arange(0, BLOCK_M)
+    return tl.load(a_scale_ptr + offs_m * stride_as, mask=offs_m < M, other=0.0)
+
+
+@triton.jit
+def _quantize_out(out, m0, M, out_scale_ptr, c_ptr, stride_cm, scale_col, BLOCK_M: tl.constexpr):
+    # the output as packed INT8 rows at a static per-tensor scale (what the next linear's input
+    # quantization would compute from the stored floats). The host wrote the scale into every
+    # row's slot; a row holding a non-finite value gets NaN there (every writer writes NaN)
+    scale = tl.load(out_scale_ptr)
+    recip = tl.math.div_rn(1.0, scale)
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    bad = tl.max(_nonfinite(out).to(tl.int32), 1)
+    slots = (
+        c_ptr.to(tl.pointer_type(tl.float32), bitcast=True)
+        + offs_m.to(tl.int64) * (stride_cm // 4)
+        + scale_col
+    )
+    tl.store(slots, tl.full([BLOCK_M], float("nan"), tl.float32), mask=(offs_m < M) & (bad > 0))
+    return _quantize(out, scale, recip)
+
+
+@triton.jit
+def _epilogue(acc, m0, n0, M, N, sa, b_scale_ptr, bias_ptr, c_ptr, c_desc, stride_cm, out_scale_ptr, scale_col,
+              HAS_BIAS: tl.constexpr, TMA_STORE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+              SUBTILE: tl.constexpr, ACT: tl.constexpr, QUANT_OUT: tl.constexpr, DTYPE: tl.constexpr):  # fmt: skip
+    # sa: the activation scales of rows m0 .. m0 + BLOCK_M. DTYPE: the model's dtype, where its
+    # values are rounded (the output's, unless QUANT_OUT writes INT8 rows instead)
     offs_n = n0 + tl.arange(0, BLOCK_N)
-    mask_m = offs_m < M
     mask_n = offs_n < N
-    sa = tl.load(a_scale_ptr + offs_m * stride_as, mask=mask_m, other=0.0)
     sb = tl.load(b_scale_ptr + offs_n, mask=mask_n, other=0.0)
     out = acc.to(tl.float32) * sa[:, None] * sb[None, :]
     if HAS_BIAS:
         out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     if ACT != 0:  # the gated MLP: N weight rows give N / 2 outputs
-        out = _gated(out, BLOCK_M, BLOCK_N, ACT, c_ptr.dtype.element_ty)
+        out = _gated(out, BLOCK_M, BLOCK_N, ACT, DTYPE)
+        if QUANT_OUT:
+            out = _quantize_out(out, m0, M, out_scale_ptr, c_ptr, stride_cm, scale_col, BLOCK_M)
         _store(out.to(c_ptr.dtype.element_ty), m0, n0 // 2, M, N // 2, c_ptr, c_desc, stride_cm, TMA_STORE,
                BLOCK_M, BLOCK_N // 2, SUBTILE)  # fmt: skip
     else:
+        if QUANT_OUT:
+            out = _quantize_out(
+                _round_to(out, DTYPE), m0, M, out_scale_ptr, c_ptr, stride_cm, scale_col, BLOCK_M
+            )
         _store(out.to(c_ptr.dtype.element_ty), m0, n0, M, N, c_ptr, c_desc, stride_cm, TMA_STORE, BLOCK_M,
                BLOCK_N, SUBTILE)  # fmt: skip
 
@@ -180,10 +212,11 @@ def _store(out, m0, n0, M, N, c_ptr, c_desc, stride_cm, TMA_STORE: tl.constexpr,
 @triton.jit
 def _w8a8_gemm_kernel(
     a_desc, b_desc, a_scale_ptr, stride_as, b_scale_ptr, bias_ptr, c_ptr, c_desc, stride_cm, ws_ptr,
-    M, N, K, num_programs, b_ptr, stride_b,
+    M, N, K, num_programs, b_ptr, stride_b, out_scale_ptr, scale_col,
     HAS_BIAS: tl.constexpr, TMA_STORE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr, FLATTEN: tl.constexpr,
     SUBTILE: tl.constexpr, PDL: tl.constexpr = False, PREFETCH_K: tl.constexpr = 0, ACT: tl.constexpr = 0,
+    QUANT_OUT: tl.constexpr = False, DTYPE: tl.constexpr = tl.float32,
 ):  # fmt: skip
     _pdl_enter(b_ptr, stride_b, tl.program_id(0), M, N, K, PDL, PREFETCH_K, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M,
                SPLIT_K)  # fmt: skip
@@ -203,8 +236,9 @@ def _w8a8_gemm_kernel(
         m0 = pid_m * BLOCK_M
         n0 = pid_n * BLOCK_N
         if SPLIT_K == 1:
-            _epilogue(acc, m0, n0, M, N, a_scale_ptr, stride_as, b_scale_ptr, bias_ptr, c_ptr, c_desc, stride_cm,
-                      HAS_BIAS, TMA_STORE, BLOCK_M, BLOCK_N, SUBTILE, ACT)  # fmt: skip
+            sa = _row_scales(a_scale_ptr, stride_as, m0, M, BLOCK_M)
+            _epilogue(acc, m0, n0, M, N, sa, b_scale_ptr, bias_ptr, c_ptr, c_desc, stride_cm, out_scale_ptr,
+                      scale_col, HAS_BIAS, TMA_STORE, BLOCK_M, BLOCK_N, SUBTILE, ACT, QUANT_OUT, DTYPE)  # fmt: skip
         else:
             offs_m = m0 + tl.arange(0, BLOCK_M)
             offs_n = n0 + tl.arange(0, BLOCK_N)
@@ -214,9 +248,10 @@ def _w8a8_gemm_kernel(
 
 @triton.jit
 def _split_k_reduce_kernel(
-    ws_ptr, split_stride, a_scale_ptr, stride_as, b_scale_ptr, bias_ptr, c_ptr, stride_cm, M, N,
-    HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    PDL: tl.constexpr = False, ACT: tl.constexpr = 0,
+    ws_ptr, split_stride, a_scale_ptr, stride_as, b_scale_ptr, bias_ptr, c_ptr, stride_cm, M, N, out_scale_ptr,
+    scale_col, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    PDL: tl.constexpr = False, ACT: tl.constexpr = 0, QUANT_OUT: tl.constexpr = False,
+    DTYPE: tl.constexpr = tl.float32,
 ):  # fmt: skip
     _pdl_wait(PDL)
     m0 = tl.program_id(0) * BLOCK_M
@@ -228,14 +263,39 @@ def _split_k_reduce_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     for split in tl.static_range(SPLIT_K):
         acc += tl.load(ws + split * split_stride, mask=mask, other=0)
-    _epilogue(acc, m0, n0, M, N, a_scale_ptr, stride_as, b_scale_ptr, bias_ptr, c_ptr, c_ptr, stride_cm,
-              HAS_BIAS, False, BLOCK_M, BLOCK_N, False, ACT)  # fmt: skip
+    sa = _row_scales(a_scale_ptr, stride_as, m0, M, BLOCK_M)
+    _epilogue(acc, m0, n0, M, N, sa, b_scale_ptr, bias_ptr, c_ptr, c_ptr, stride_cm, out_scale_ptr, scale_col,
+              HAS_BIAS, False, BLOCK_M, BLOCK_N, False, ACT, QUANT_OUT, DTYPE)  # fmt: skip
 
 
 def _num_sms(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
     return 2  # the interpreter: still exercise the persistent loop
+
+
+_TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+
+
+def _output(m, n, act, out_dtype, cfg, device, out_scale=None):
+    """The result and, where its rows suit TMA, a store descriptor for it. With ``out_scale``: packed
+    INT8 rows (``kernels/packing.py``), every row's scale slot holding ``out_scale``; returns the
+    tensor, the descriptor, whether TMA stores, and the scale slot's fp32 column."""
+    if act is not None and n % (2 * PAIR):
+        raise ValueError(f"a gated GEMM needs interleaved rows in pairs of {PAIR}: N={n}")
+    n_out = n // 2 if act else n
+    scale_col = 0
+    if out_scale is None:
+        c = view = torch.empty((m, n_out), dtype=out_dtype, device=device)
+    else:
+        c = torch.empty((m, packed_width(n_out)), dtype=torch.int8, device=device)
+        scale_col = (c.shape[1] - PACK_ALIGN) // 4
+        c.view(torch.float32)[:, scale_col].copy_(out_scale.reshape(1).expand(m))
+        view = c[:, :n_out]
+    tma_store = cfg.split_k == 1 and (view.stride(0) * view.element_size()) % 16 == 0 and m > 0
+    store_n = (cfg.block_n // 2 if cfg.subtile else cfg.block_n) // (2 if act else 1)
+    c_desc = TensorDescriptor.from_tensor(view, [cfg.block_m, store_n]) if tma_store else None
+    return c, c_desc, tma_store, scale_col
 
 
 def int8_gemm(
@@ -247,43 +307,44 @@ def int8_gemm(
     out_dtype: torch.dtype,
     config: GemmConfig | None = None,
     act: str | None = None,
+    out_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``a [M, K]`` int8, ``a_scale [M]`` fp32 (any stride), ``b [N, K]`` int8, ``b_scale [N]``
     fp32, ``bias [N]`` or None; row strides of ``a`` and ``b`` must be multiples of 16 bytes.
 
     ``act`` ("silu", "gelu_tanh"): ``b`` holds a gated MLP's gate and up weights interleaved
-    (``kernels/layout.interleave_gate_up``) and the result is ``act(gate) * up``, ``[M, N / 2]``."""
+    (``kernels/layout.interleave_gate_up``) and the result is ``act(gate) * up``, ``[M, N / 2]``.
+    ``out_scale`` (fp32 ``[1]``): the result, computed in ``out_dtype``, is returned as packed INT8
+    rows at that static scale instead: the next linear's input quantization, fused."""
     m, k = a.shape
     n = b.shape[0]
-    if act is not None and n % (2 * PAIR):
-        raise ValueError(f"a gated GEMM needs interleaved rows in pairs of {PAIR}: N={n}")
-    n_out = n // 2 if act else n
-    c = torch.empty((m, n_out), dtype=out_dtype, device=a.device)
+    cfg = config or choose_config(m, n, _num_sms(a.device))
+    c, c_desc, tma_store, scale_col = _output(m, n, act, out_dtype, cfg, a.device, out_scale)
     if m == 0 or n == 0:
         return c
-    cfg = config or choose_config(m, n, _num_sms(a.device))
     work = triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n) * cfg.split_k
     programs = min(work, _num_sms(a.device)) if cfg.persistent else work
     ws = torch.empty((cfg.split_k, m, n), dtype=torch.int32, device=a.device) if cfg.split_k > 1 else c
-    tma_store = cfg.split_k == 1 and (n_out * c.element_size()) % 16 == 0
-    store_n = (cfg.block_n // 2 if cfg.subtile else cfg.block_n) // (2 if act else 1)
-    c_desc = TensorDescriptor.from_tensor(c, [cfg.block_m, store_n]) if tma_store else None
     bias_arg = b_scale if bias is None else bias
+    out_scale_arg = b_scale if out_scale is None else out_scale
     pdl = use_pdl(a.device)
+    epilogue = dict(
+        ACT=ACTIVATIONS[act] if act else 0, QUANT_OUT=out_scale is not None, DTYPE=_TL_DTYPES[out_dtype]
+    )
     _w8a8_gemm_kernel[(programs,)](
         TensorDescriptor.from_tensor(a, [cfg.block_m, cfg.block_k]),
         TensorDescriptor.from_tensor(b, [cfg.block_n, cfg.block_k]),
         a_scale, a_scale.stride(0), b_scale, bias_arg, c, c_desc, c.stride(0), ws, m, n, k, programs,
-        b, b.stride(0), HAS_BIAS=bias is not None, TMA_STORE=tma_store, BLOCK_M=cfg.block_m,
-        BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, SPLIT_K=cfg.split_k,
+        b, b.stride(0), out_scale_arg, scale_col, HAS_BIAS=bias is not None, TMA_STORE=tma_store,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, SPLIT_K=cfg.split_k,
         FLATTEN=cfg.persistent, SUBTILE=cfg.subtile, PDL=pdl, PREFETCH_K=cfg.prefetch_k if pdl else 0,
-        ACT=ACTIVATIONS[act] if act else 0, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_kwargs(pdl),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **epilogue, **pdl_kwargs(pdl),
     )  # fmt: skip
     if cfg.split_k > 1:
         block_m, block_n = min(triton.next_power_of_2(m), 16), 256
         _split_k_reduce_kernel[(triton.cdiv(m, block_m), triton.cdiv(n, block_n))](
-            ws, m * n, a_scale, a_scale.stride(0), b_scale, bias_arg, c, c.stride(0), m, n,
-            HAS_BIAS=bias is not None, SPLIT_K=cfg.split_k, BLOCK_M=block_m, BLOCK_N=block_n, PDL=pdl,
-            ACT=ACTIVATIONS[act] if act else 0, num_warps=4, **pdl_kwargs(pdl),
+            ws, m * n, a_scale, a_scale.stride(0), b_scale, bias_arg, c, c.stride(0), m, n, out_scale_arg,
+            scale_col, HAS_BIAS=bias is not None, SPLIT_K=cfg.split_k, BLOCK_M=block_m, BLOCK_N=block_n, PDL=pdl,
+            num_warps=4, **epilogue, **pdl_kwargs(pdl),
         )  # fmt: skip
     return c

@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from smoothquant.kernels.packing import KV_PACK_ALIGN, packed_width
-from smoothquant.kernels.triton_quant import _nonfinite, _round_clamp, _row_scale
+from smoothquant.kernels.triton_quant import _nonfinite, _quantize, _row_scale
 
 _LOG2E = 1.4426950408889634
 _MASK_BLOCK = tl.constexpr(256)  # mask bytes per step of the attended-range scan
@@ -34,7 +34,7 @@ def _quant_row_into(src, dst, D: tl.constexpr, DP: tl.constexpr, BLOCK_D: tl.con
     cols = tl.arange(0, BLOCK_D)
     x = tl.load(src + cols, mask=cols < D, other=0.0).to(tl.float32)
     scale = _row_scale(tl.max(tl.abs(x), 0), src, True)
-    tl.store(dst + cols, _round_clamp(tl.math.div_rn(x, scale)), mask=cols < D)
+    tl.store(dst + cols, _quantize(x, scale, tl.math.div_rn(1.0, scale)), mask=cols < D)
     bad = tl.max(_nonfinite(x).to(tl.int32), 0) > 0
     tl.store(dst.to(tl.pointer_type(tl.float32), bitcast=True) + DP // 4, tl.where(bad, float("nan"), scale))
 

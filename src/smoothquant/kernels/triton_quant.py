@@ -1,10 +1,11 @@
 """Triton kernels that turn floating-point rows into INT8 rows (activation quantization).
 
 They reproduce ``quantization/quantizer.py`` bit for bit: ``scale = max(absmax, 1e-8) / 127`` and
-``q = clamp(round_half_even(x / scale), -127, 127)`` in fp32, with IEEE division (``div_rn``; a
-plain ``/`` compiles to an approximate division on NVIDIA GPUs) and rounding by adding and
-subtracting ``1.5 * 2**23`` after the clamp (exact round-half-even for ``|v| <= 127``, and it runs
-in Triton's CPU interpreter, where ``libdevice.rint`` does not).
+``q = clamp(round_half_even(x / scale), -127, 127)`` in fp32, with the correctly rounded quotient
+(an fma-corrected reciprocal, equal to ``div_rn``; a plain ``/`` compiles to an approximate
+division on NVIDIA GPUs) and rounding by adding and subtracting ``1.5 * 2**23`` after the clamp
+(exact round-half-even for ``|v| <= 127``, and it runs in Triton's CPU interpreter, where
+``libdevice.rint`` does not).
 
 They write packed rows (``kernels/packing.py``: integers and fp32 scale in one int8 tensor). A
 row holding NaN or inf gets a NaN scale, so the GEMM writes NaN for it, as a floating-point model
@@ -37,6 +38,25 @@ def _round_clamp(v):
 
 
 @triton.jit
+def _div_exact(x, scale, recip):
+    # x / scale rounded to nearest, as div_rn gives it, from recip = div_rn(1, scale) and two
+    # fmas (Markstein: q0 is within an ulp of the quotient, x - q0 * scale is then exact, and one
+    # correction step rounds correctly). scripts/gpu_check.py compares the two on 2**27 quotients
+    # around rounding ties; none differ
+    q0 = x * recip
+    return tl.fma(tl.fma(-q0, scale, x), recip, q0)
+
+
+@triton.jit
+def _quantize(x, scale, recip):
+    # clamp(round_half_even(x / scale)) with the division as _div_exact does it: a few flops per
+    # element instead of div_rn's subroutine, which made the quantization kernels ALU-bound. Past
+    # |x / scale| = 256 the correction step could overflow to NaN; there only the sign matters
+    q0 = x * recip
+    return _round_clamp(tl.where(tl.abs(q0) > 256.0, q0, _div_exact(x, scale, recip)))
+
+
+@triton.jit
 def _nonfinite(x):
     return (x != x) | (tl.abs(x) == float("inf"))
 
@@ -47,7 +67,9 @@ def _round_to_bf16(y):
     # in .to(tl.bfloat16), the GPU rounds; this is exact on both
     bits = y.to(tl.uint32, bitcast=True)
     bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-    return bits.to(tl.float32, bitcast=True)
+    # a NaN stays NaN: the GPU's canonical NaN, 0x7FFFFFFF, would otherwise carry into the sign
+    # bit and come out as -0.0 (the interpreter's NaN, 0x7FC00000, does not show it)
+    return tl.where(y != y, y, bits.to(tl.float32, bitcast=True))
 
 
 @triton.jit
@@ -88,7 +110,7 @@ def _quant_rows_kernel(
     if ONE_TILE:  # the row stays in registers: x is read once
         x = tl.load(x_row + cols, mask=cols < K, other=0.0).to(tl.float32)
         scale = _row_scale(tl.max(tl.abs(x), 0), static_ptr, DYNAMIC)
-        tl.store(q_row + cols, _round_clamp(tl.math.div_rn(x, scale)), mask=cols < K)
+        tl.store(q_row + cols, _quantize(x, scale, tl.math.div_rn(1.0, scale)), mask=cols < K)
         bad = tl.max(_nonfinite(x).to(tl.int32), 0)
     else:
         absmax = tl.zeros([BLOCK_K], dtype=tl.float32)
@@ -98,9 +120,10 @@ def _quant_rows_kernel(
             absmax = tl.maximum(absmax, tl.abs(x))
             nonfinite = tl.maximum(nonfinite, _nonfinite(x).to(tl.int32))
         scale = _row_scale(tl.max(absmax, 0), static_ptr, DYNAMIC)
+        recip = tl.math.div_rn(1.0, scale)
         for k0 in range(0, K, BLOCK_K):
             x = tl.load(x_row + k0 + cols, mask=k0 + cols < K, other=0.0).to(tl.float32)
-            tl.store(q_row + k0 + cols, _round_clamp(tl.math.div_rn(x, scale)), mask=k0 + cols < K)
+            tl.store(q_row + k0 + cols, _quantize(x, scale, recip), mask=k0 + cols < K)
         bad = tl.max(nonfinite, 0)
     _store_scale(q_row, stride_q, tl.where(bad > 0, float("nan"), scale))
 
@@ -131,7 +154,7 @@ def _norm_quant_kernel(
         y = y.to(tl.float16).to(tl.float32)
     scale = _row_scale(tl.max(tl.abs(y), 0), static_ptr, DYNAMIC)
     q_row = q_ptr + row * stride_q
-    tl.store(q_row + cols, _round_clamp(tl.math.div_rn(y, scale)), mask=mask)
+    tl.store(q_row + cols, _quantize(y, scale, tl.math.div_rn(1.0, scale)), mask=mask)
     _store_scale(q_row, stride_q, tl.where(tl.max(_nonfinite(y).to(tl.int32), 0) > 0, float("nan"), scale))
 
 
@@ -151,17 +174,18 @@ def quantize_rows(
     ``block_k`` (a power of two, at most 16384: the whole row stays in registers when it fits)
     and ``num_warps`` are tuning knobs; the defaults are the fastest of ``scripts/bench_quant.py``
     on an H100: few rows (decode) are latency-bound and want the row in registers across 16
-    warps, many rows are bandwidth-bound and want small blocks and 4 warps."""
+    warps, many rows are bandwidth-bound and want 4096-wide blocks and 4 warps."""
     x2 = _rows(x)
     m, k = x2.shape
     width = packed_width(k)
     packed = torch.empty((m, width), dtype=torch.int8, device=x.device)
     many = m >= 256
     if block_k is None:
-        block = 2048 if many else triton.next_power_of_2(k)
-        # the whole row in registers: one pass over x, and one load latency instead of two loops
-        # of them for few rows; wider than 8192 measured slower when many rows run at once
-        block = block if block <= (8192 if many else 16384) else 4096
+        # few rows: the whole row in registers (one load latency instead of two loops of them);
+        # many rows: 4096-wide blocks (one tile for K <= 4096, else a second loop over rows still
+        # in L2), 3-10% faster than 2048 at 2048-8192 rows once the division got cheap
+        block = 4096 if many else triton.next_power_of_2(k)
+        block = block if block <= 16384 else 4096
     else:
         block = block_k
     num_warps = num_warps or (4 if many else 16)

@@ -6,7 +6,8 @@ an activation kernel and a multiplication kernel, each reading and writing ``[to
 then the down projection's activation quantization reads the product once more. Here the gate
 and up weights are stored interleaved (``kernels/layout.py``) so that every output tile of one
 GEMM holds matching gate and up columns, and its epilogue writes ``act(gate) * up`` directly:
-one ``[tokens, I]`` write instead of five passes, and one launch instead of four. Each value is
+one ``[tokens, I]`` write instead of five passes, and one launch instead of four (with a static
+per-tensor down projection, O3, that write is already its INT8 input). Each value is
 rounded to the model's dtype where the floating-point MLP rounds it (gate and up outputs, the
 activation), so the result is the unfused module's to within the activation's last-bit
 differences.
@@ -38,6 +39,13 @@ def activation_kind(act: nn.Module | None, device: torch.device) -> str | None:
             if torch.allclose(got, fn(x), rtol=1e-5, atol=1e-6):
                 return name
     return None
+
+
+# fewest rows for which the gated GEMM hands O3's down projection INT8 rows (see forward). Below
+# it the scale-column fill and the epilogue's per-row NaN check cost more than the pass they save
+# (H100, O3 7B, same process: 1x512 prefill 2.5% and decode b1 4% slower, 1x2048 even, 4x2048
+# 1-3% faster; scripts/ab_o3_int8_out.py)
+INT8_OUT_MIN_ROWS = 4096
 
 
 class Int8GatedHalf(nn.Module):
@@ -108,16 +116,24 @@ class Int8GatedMLP(Int8Weights):
             return "gate and up have different static input scales"
         return None
 
-    def gemm(self, x, weight, weight_scale, bias, act: str | None) -> torch.Tensor:
-        """``x`` (packed INT8 rows from a folded norm, or floats) times ``weight``, epilogue ``act``."""
+    def gemm(self, x, weight, weight_scale, bias, act: str | None, out_scale=None) -> torch.Tensor:
+        """``x`` (packed INT8 rows from a folded norm, or floats) times ``weight``, epilogue ``act``
+        (and, with ``out_scale``, quantization of the result to packed INT8 rows)."""
         backend = ops.resolve_backend(self.backend, x.device)
         return ops.w8a8_linear(
-            x, weight, weight_scale, bias, self.input_quant, self.input_scale, backend, self.out_dtype, act
-        )
+            x, weight, weight_scale, bias, self.input_quant, self.input_scale, backend, self.out_dtype, act,
+            out_scale,
+        )  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.qweight[:, : self.in_features]
-        return self.down_proj(self.gemm(x, weight, self.weight_scale, self.bias, self.act))
+        down = self.down_proj
+        # a static per-tensor down projection (O3) takes its input as INT8 rows straight from this
+        # GEMM's epilogue: no [tokens, I] floats written, no quantization pass over them
+        rows = x.numel() // x.shape[-1]
+        static = isinstance(down, Int8Linear) and down.input_scale is not None and rows >= INT8_OUT_MIN_ROWS
+        h = self.gemm(x, weight, self.weight_scale, self.bias, self.act, down.input_scale if static else None)
+        return down(h)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, intermediate={self.intermediate}, act={self.act}"

@@ -24,7 +24,7 @@ from smoothquant.kernels import cpu as cpu_kernels
 from smoothquant.kernels.packing import pack, unpack
 from smoothquant.nn_utils import compute_dtype
 from smoothquant.quantization.quantizer import quantize_activation, scale_from_absmax
-from smoothquant.quantization.scheme import ActQuant
+from smoothquant.quantization.scheme import TENSOR_STATIC, ActQuant
 
 BACKENDS = ("auto", "triton", "cpu", "reference")
 
@@ -91,16 +91,28 @@ def int8_matmul(
     out_dtype: torch.dtype,
     backend: str,
     act: str | None = None,
+    out_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``cast((q @ qweight.T) * scale[:, None] * weight_scale[None, :] + bias)``; ``qweight [N, K]``.
 
     ``act``: ``qweight`` holds a gated MLP's gate and up rows interleaved
     (``kernels/layout.interleave_gate_up``); the result is ``act(gate) * up`` computed in
-    ``out_dtype`` as the floating-point MLP computes it (fused into the GEMM on Triton)."""
+    ``out_dtype`` as the floating-point MLP computes it (fused into the GEMM on Triton).
+    ``out_scale`` (fp32 ``[1]``): the result quantized at that static per-tensor scale, as packed
+    INT8 rows (fused into the GEMM's epilogue on Triton)."""
     if backend == "triton":
         from smoothquant.kernels import triton_gemm
 
-        return triton_gemm.int8_gemm(q, scale, qweight, weight_scale, bias, out_dtype, act=act)
+        return triton_gemm.int8_gemm(
+            q, scale, qweight, weight_scale, bias, out_dtype, act=act, out_scale=out_scale
+        )
+    out = _int8_matmul_float(q, scale, qweight, weight_scale, bias, out_dtype, backend, act)
+    if out_scale is None:
+        return out
+    return pack(*quantize_rows(out, TENSOR_STATIC, out_scale, backend))
+
+
+def _int8_matmul_float(q, scale, qweight, weight_scale, bias, out_dtype, backend, act):
     if backend == "cpu":
         out = cpu_kernels.int8_gemm(q, scale.contiguous(), qweight, weight_scale, bias, out_dtype)
     else:
@@ -127,12 +139,13 @@ def w8a8_linear(
     backend: str,
     out_dtype: torch.dtype | None = None,
     act: str | None = None,
+    out_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """A linear layer in INT8: quantize ``x [..., K]`` per ``input_quant``, GEMM, epilogue.
 
     ``x`` may instead be packed INT8 rows from a folded norm (``kernels/packing.py``), used as
     they are; the result is then in ``out_dtype`` (the model's dtype), else in ``x``'s dtype.
-    ``act``: see :func:`int8_matmul`."""
+    ``act``, ``out_scale``: see :func:`int8_matmul`."""
     k = qweight.shape[1]
     if x.dtype == torch.int8:
         q, scale = unpack(x, k)
@@ -140,7 +153,7 @@ def w8a8_linear(
     else:
         q, scale = quantize_rows(x.reshape(-1, k), input_quant, input_scale, backend)
         dtype = x.dtype
-    y = int8_matmul(q, scale, qweight, weight_scale, bias, dtype, backend, act=act)
+    y = int8_matmul(q, scale, qweight, weight_scale, bias, dtype, backend, act=act, out_scale=out_scale)
     return y.reshape(*x.shape[:-1], -1)
 
 
