@@ -49,6 +49,7 @@ for step in $steps; do
         --json "$OUT/gemm512.json" > "$OUT/gemm512.log" 2>&1
       grep -E "^llama" "$OUT/gemm512.log" | sort -u | cut -c1-60;;
     explore) python3 scripts/gpu_explore.py ${EXPLORE:-} > "$OUT/explore.log" 2>&1; tail -110 "$OUT/explore.log";;
+    abo3) python3 scripts/ab_o3_int8_out.py > "$OUT/ab_o3.log" 2>&1; grep out "$OUT/ab_o3.log";;
     profile) python3 scripts/gpu_explore.py profile > "$OUT/profile.log" 2>&1; tail -70 "$OUT/profile.log";;
     env) (which nvcc; ls -d /usr/local/cuda* ; nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw --format=csv) 2>&1 | head;;
     gemm13)

@@ -277,7 +277,15 @@ def _num_sms(device: torch.device) -> int:
 _TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
 
-def _output(m, n, act, out_dtype, cfg, device, out_scale=None):
+def _output(
+    m: int,
+    n: int,
+    act: str | None,
+    out_dtype: torch.dtype,
+    cfg: GemmConfig,
+    device: torch.device,
+    out_scale: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, TensorDescriptor | None, bool, int]:
     """The result and, where its rows suit TMA, a store descriptor for it. With ``out_scale``: packed
     INT8 rows (``kernels/packing.py``), every row's scale slot holding ``out_scale``; returns the
     tensor, the descriptor, whether TMA stores, and the scale slot's fp32 column."""

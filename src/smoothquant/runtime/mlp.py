@@ -116,7 +116,15 @@ class Int8GatedMLP(Int8Weights):
             return "gate and up have different static input scales"
         return None
 
-    def gemm(self, x, weight, weight_scale, bias, act: str | None, out_scale=None) -> torch.Tensor:
+    def gemm(
+        self,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        weight_scale: torch.Tensor,
+        bias: torch.Tensor | None,
+        act: str | None,
+        out_scale: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """``x`` (packed INT8 rows from a folded norm, or floats) times ``weight``, epilogue ``act``
         (and, with ``out_scale``, quantization of the result to packed INT8 rows)."""
         backend = ops.resolve_backend(self.backend, x.device)

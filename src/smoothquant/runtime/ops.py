@@ -112,7 +112,16 @@ def int8_matmul(
     return pack(*quantize_rows(out, TENSOR_STATIC, out_scale, backend))
 
 
-def _int8_matmul_float(q, scale, qweight, weight_scale, bias, out_dtype, backend, act):
+def _int8_matmul_float(
+    q: torch.Tensor,
+    scale: torch.Tensor,
+    qweight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+    backend: str,
+    act: str | None,
+) -> torch.Tensor:
     if backend == "cpu":
         out = cpu_kernels.int8_gemm(q, scale.contiguous(), qweight, weight_scale, bias, out_dtype)
     else:
