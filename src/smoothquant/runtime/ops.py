@@ -106,22 +106,6 @@ def int8_matmul(
         return triton_gemm.int8_gemm(
             q, scale, qweight, weight_scale, bias, out_dtype, act=act, out_scale=out_scale
         )
-    out = _int8_matmul_float(q, scale, qweight, weight_scale, bias, out_dtype, backend, act)
-    if out_scale is None:
-        return out
-    return pack(*quantize_rows(out, TENSOR_STATIC, out_scale, backend))
-
-
-def _int8_matmul_float(
-    q: torch.Tensor,
-    scale: torch.Tensor,
-    qweight: torch.Tensor,
-    weight_scale: torch.Tensor,
-    bias: torch.Tensor | None,
-    out_dtype: torch.dtype,
-    backend: str,
-    act: str | None,
-) -> torch.Tensor:
     if backend == "cpu":
         out = cpu_kernels.int8_gemm(q, scale.contiguous(), qweight, weight_scale, bias, out_dtype)
     else:
@@ -130,12 +114,14 @@ def _int8_matmul_float(
         if bias is not None:
             out = out + bias.float()
         out = out.to(out_dtype)
-    if act is None:
-        return out
-    from smoothquant.kernels.layout import split_gate_up
+    if act is not None:
+        from smoothquant.kernels.layout import split_gate_up
 
-    gate, up = (t.t() for t in split_gate_up(out.t()))
-    return ACTIVATIONS[act](gate) * up
+        gate, up = (t.t() for t in split_gate_up(out.t()))
+        out = ACTIVATIONS[act](gate) * up
+    if out_scale is None:
+        return out
+    return pack(*quantize_rows(out, TENSOR_STATIC, out_scale, backend))
 
 
 def w8a8_linear(
