@@ -142,12 +142,6 @@ def _gated(out, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ACT: tl.constexpr,
 
 
 @triton.jit
-def _row_scales(a_scale_ptr, stride_as, m0, M, BLOCK_M: tl.constexpr):
-    offs_m = m0 + tl.arange(0, BLOCK_M)
-    return tl.load(a_scale_ptr + offs_m * stride_as, mask=offs_m < M, other=0.0)
-
-
-@triton.jit
 def _quantize_out(out, m0, M, out_scale_ptr, c_ptr, stride_cm, scale_col, BLOCK_M: tl.constexpr):
     # the output as packed INT8 rows at a static per-tensor scale (what the next linear's input
     # quantization would compute from the stored floats). The host wrote the scale into every
@@ -166,13 +160,16 @@ def _quantize_out(out, m0, M, out_scale_ptr, c_ptr, stride_cm, scale_col, BLOCK_
 
 
 @triton.jit
-def _epilogue(acc, m0, n0, M, N, sa, b_scale_ptr, bias_ptr, c_ptr, c_desc, stride_cm, out_scale_ptr, scale_col,
-              HAS_BIAS: tl.constexpr, TMA_STORE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-              SUBTILE: tl.constexpr, ACT: tl.constexpr, QUANT_OUT: tl.constexpr, DTYPE: tl.constexpr):  # fmt: skip
-    # sa: the activation scales of rows m0 .. m0 + BLOCK_M. DTYPE: the model's dtype, where its
-    # values are rounded (the output's, unless QUANT_OUT writes INT8 rows instead)
+def _epilogue(acc, m0, n0, M, N, a_scale_ptr, stride_as, b_scale_ptr, bias_ptr, c_ptr, c_desc, stride_cm,
+              out_scale_ptr, scale_col, HAS_BIAS: tl.constexpr, TMA_STORE: tl.constexpr, BLOCK_M: tl.constexpr,
+              BLOCK_N: tl.constexpr, SUBTILE: tl.constexpr, ACT: tl.constexpr, QUANT_OUT: tl.constexpr,
+              DTYPE: tl.constexpr):  # fmt: skip
+    # DTYPE: the model's dtype, where its values are rounded (the output's, unless QUANT_OUT
+    # writes INT8 rows instead)
+    offs_m = m0 + tl.arange(0, BLOCK_M)
     offs_n = n0 + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
+    sa = tl.load(a_scale_ptr + offs_m * stride_as, mask=offs_m < M, other=0.0)
     sb = tl.load(b_scale_ptr + offs_n, mask=mask_n, other=0.0)
     out = acc.to(tl.float32) * sa[:, None] * sb[None, :]
     if HAS_BIAS:
@@ -236,9 +233,9 @@ def _w8a8_gemm_kernel(
         m0 = pid_m * BLOCK_M
         n0 = pid_n * BLOCK_N
         if SPLIT_K == 1:
-            sa = _row_scales(a_scale_ptr, stride_as, m0, M, BLOCK_M)
-            _epilogue(acc, m0, n0, M, N, sa, b_scale_ptr, bias_ptr, c_ptr, c_desc, stride_cm, out_scale_ptr,
-                      scale_col, HAS_BIAS, TMA_STORE, BLOCK_M, BLOCK_N, SUBTILE, ACT, QUANT_OUT, DTYPE)  # fmt: skip
+            _epilogue(acc, m0, n0, M, N, a_scale_ptr, stride_as, b_scale_ptr, bias_ptr, c_ptr, c_desc, stride_cm,
+                      out_scale_ptr, scale_col, HAS_BIAS, TMA_STORE, BLOCK_M, BLOCK_N, SUBTILE, ACT, QUANT_OUT,
+                      DTYPE)  # fmt: skip
         else:
             offs_m = m0 + tl.arange(0, BLOCK_M)
             offs_n = n0 + tl.arange(0, BLOCK_N)
@@ -263,9 +260,8 @@ def _split_k_reduce_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     for split in tl.static_range(SPLIT_K):
         acc += tl.load(ws + split * split_stride, mask=mask, other=0)
-    sa = _row_scales(a_scale_ptr, stride_as, m0, M, BLOCK_M)
-    _epilogue(acc, m0, n0, M, N, sa, b_scale_ptr, bias_ptr, c_ptr, c_ptr, stride_cm, out_scale_ptr, scale_col,
-              HAS_BIAS, False, BLOCK_M, BLOCK_N, False, ACT, QUANT_OUT, DTYPE)  # fmt: skip
+    _epilogue(acc, m0, n0, M, N, a_scale_ptr, stride_as, b_scale_ptr, bias_ptr, c_ptr, c_ptr, stride_cm,
+              out_scale_ptr, scale_col, HAS_BIAS, False, BLOCK_M, BLOCK_N, False, ACT, QUANT_OUT, DTYPE)  # fmt: skip
 
 
 def _num_sms(device: torch.device) -> int:

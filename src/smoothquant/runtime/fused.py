@@ -1,4 +1,5 @@
-"""Sibling linears in one GEMM: q/k/v after one norm, gate/up after another.
+"""Sibling linears in one GEMM: q/k/v after one folded norm (gated MLPs' gate/up have their own
+module, :mod:`smoothquant.runtime.mlp`; other siblings of one norm go through here too).
 
 A folded norm (:class:`~smoothquant.runtime.norm.Int8Norm`) writes one packed INT8 tensor that
 several linears read. Run separately, each is its own GEMM launch; at decode (one row per
