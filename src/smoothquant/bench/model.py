@@ -176,11 +176,13 @@ def run(
     kv_caches: tuple[str, ...] = ("float",),
     unfused: bool = False,
     log=print,
+    backends: tuple[str, ...] = ("auto",),
 ) -> list[ModelResult]:
     """Measure the floating-point model (``dtype`` and any ``baselines`` dtypes), then each scheme;
     decode with each of ``kv_caches`` ("float": the model's dtype, "int8"). ``unfused`` also times
     each scheme with its sibling linears (q/k/v, gate/up) as separate GEMMs, as transformers'
-    floating-point model runs them (label ``+unfused``)."""
+    floating-point model runs them (label ``+unfused``). ``backends``: INT8 runtime backends to time
+    each scheme on (label ``+triton`` etc. for all but ``auto``)."""
     base = load_model(model_spec, device, dtype)
     results = [measure(base, str(dtype).removeprefix("torch."), list(prefill), list(decode), reps, kv_caches)]
     log(format_result(results[-1]))
@@ -194,14 +196,16 @@ def run(
     if any(not get_scheme(s).inputs.dynamic for s in schemes):
         ids = torch.randint(0, base.config.vocab_size, (2, 128), device=base.device)
         stats = calibrate(base, ids)
-    runs = [(s, fuse) for s in schemes for fuse in ((False, True) if unfused else (True,))]
-    for i, (scheme, fuse) in enumerate(runs):
+    fusions = (False, True) if unfused else (True,)
+    runs = [(s, fuse, b) for s in schemes for fuse in fusions for b in backends]
+    for i, (scheme, fuse, backend) in enumerate(runs):
         # the last run quantizes the base model itself: one copy fewer (16@4096 with a bf16
         # cache does not fit beside two copies of a 7B model on an 80 GB GPU)
         last = i == len(runs) - 1
         q = quantize(base, scheme, stats, quantize_lm_head=quantize_lm_head, inplace=last)
-        convert(q, fuse_siblings=fuse)
+        convert(q, backend, fuse_siblings=fuse)
         label = scheme + ("+head" if quantize_lm_head else "") + ("" if fuse else "+unfused")
+        label += "" if backend == "auto" else f"+{backend}"
         results.append(measure(q, label, list(prefill), list(decode), reps, kv_caches))
         log(format_result(results[-1]))
         del q

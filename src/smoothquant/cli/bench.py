@@ -18,6 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--m", default="1,16,128,512,2048,8192", help="token counts M, comma-separated")
     g.add_argument("--sweep", action="store_true", help="also time every candidate GEMM config")
+    g.add_argument("--sweep-cutlass", action="store_true", help="also time every compiled CUTLASS config")
     g.add_argument("--reps", type=int, default=20)
     g.add_argument("--json", help="write all numbers to this file")
     g.set_defaults(func=_gemm)
@@ -42,6 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--unfused",
         action="store_true",
         help="also time each scheme with q/k/v and gate/up as separate GEMMs (row '+unfused')",
+    )
+    m.add_argument(
+        "--backends", default="auto", help="INT8 backends to time each scheme on, e.g. cutlass,triton"
     )
     m.add_argument("--reps", type=int, default=10)
     m.add_argument("--json", help="write all numbers to this file")
@@ -97,6 +101,7 @@ def _gemm(args: argparse.Namespace) -> int:
         tuple(v[0] for v in _ints(args.m, ",")),
         sweep=gemm.sweep_configs() if args.sweep else None,
         reps=args.reps,
+        sweep_cutlass=args.sweep_cutlass,
     )
     if args.json:
         with open(args.json, "w") as f:
@@ -124,6 +129,7 @@ def _model(args: argparse.Namespace) -> int:
         reps=args.reps,
         kv_caches=_kv_caches(args.kv_cache),
         unfused=args.unfused,
+        backends=tuple(b.strip() for b in args.backends.split(",") if b.strip()),
     )
     if args.json:
         with open(args.json, "w") as f:

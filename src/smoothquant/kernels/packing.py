@@ -6,10 +6,9 @@ activation through model code that only reshapes it (a norm emitting INT8 for th
 feeds; the INT8 KV cache handing its keys and values to the attention function).
 
 ``align`` is 16 for activations (``PACK_ALIGN``: the row stride the GPU GEMM's TMA loads need)
-and 16 for the KV cache too (``KV_PACK_ALIGN``): with 4-byte rows (132 bytes per 128-wide head,
-9% fewer bytes) the decode attention's loads can only be 4 bytes wide, and its batch-16 kernel
-ran 1.7x slower on an H100 (133 vs 79 us per layer at a 1k context). Pure torch: no Triton
-needed to read it.
+and 16 for the KV cache too (``KV_PACK_ALIGN``): with 4-byte rows the decode attention's loads
+can only be 4 bytes wide, which measured much slower than the 9% of bytes saved
+(docs/kernels.md, INT8 KV cache). Pure torch: no Triton needed to read it.
 """
 
 from __future__ import annotations

@@ -352,3 +352,31 @@ def int8_gemm(
             num_warps=4, **epilogue, **pdl_kwargs(pdl),
         )  # fmt: skip
     return c
+
+
+@triton.jit
+def _gated_act_kernel(y_ptr, out_ptr, M, N, stride_y, stride_o, ACT: tl.constexpr, BLOCK_M: tl.constexpr,
+                      BLOCK_N: tl.constexpr, PDL: tl.constexpr):  # fmt: skip
+    _pdl_wait(PDL)
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = offs_m[:, None].to(tl.int64)
+    y = tl.load(y_ptr + rows * stride_y + offs_n[None, :], mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+    out = _gated(y.to(tl.float32), BLOCK_M, BLOCK_N, ACT, y_ptr.dtype.element_ty)
+    offs_o = tl.program_id(1) * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+    mask = (offs_m[:, None] < M) & (offs_o[None, :] < N // 2)
+    tl.store(out_ptr + rows * stride_o + offs_o[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def gated_act(y: torch.Tensor, act: str) -> torch.Tensor:
+    """``act(gate) * up`` of a GEMM output whose columns are ``interleave_gate_up`` pairs: the
+    gated epilogue's step as a kernel of its own, for GEMMs that cannot fuse it (CUTLASS)."""
+    m, n = y.shape
+    out = torch.empty((m, n // 2), dtype=y.dtype, device=y.device)
+    block_m, block_n = 16, 256
+    pdl = use_pdl(y.device)
+    _gated_act_kernel[(triton.cdiv(m, block_m), triton.cdiv(n, block_n))](
+        y, out, m, n, y.stride(0), out.stride(0), ACT=ACTIVATIONS[act], BLOCK_M=block_m, BLOCK_N=block_n,
+        PDL=pdl, num_warps=4, **pdl_kwargs(pdl),
+    )  # fmt: skip
+    return out

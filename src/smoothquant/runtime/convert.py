@@ -179,7 +179,7 @@ def convert(
         report.converted.append(name)
     if fuse_siblings:
         _gate_mlps(model, report)
-    if fold_norms and concrete == "triton":
+    if fold_norms and concrete in ops.GPU_BACKENDS:
         _fold_norms(model, backend, report, fuse_siblings)
     model.smoothquant_conversion = report
     log.info(report.summary())

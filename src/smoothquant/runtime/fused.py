@@ -3,9 +3,9 @@ module, :mod:`smoothquant.runtime.mlp`; other siblings of one norm go through he
 
 A folded norm (:class:`~smoothquant.runtime.norm.Int8Norm`) writes one packed INT8 tensor that
 several linears read. Run separately, each is its own GEMM launch; at decode (one row per
-sequence) a launch of a 4096x4096 int8 weight costs ~10 us of which ~3.5 us is fixed (launch,
-pipeline fill, tail), so three launches where one would do are a fifth of the attention block's
-GEMM time. :class:`Int8SiblingGroup` holds the members' weights concatenated along the output
+sequence) a GEMM launch has a fixed cost (launch, pipeline fill, tail) comparable to the weight
+reads of a small projection, so three launches where one would do are a visible share of the
+attention block's GEMM time (docs/kernels-notes.md, v7). :class:`Int8SiblingGroup` holds the members' weights concatenated along the output
 dimension (stored once, the members keep no copy) and computes every member's output in one
 launch the first time one of them sees a given input; the others then return their slice.
 
@@ -25,10 +25,8 @@ from smoothquant.runtime import ops
 from smoothquant.runtime.linear import Int8Linear, Int8Weights
 
 # Above this many rows (prefill of long prompts) the GEMMs are compute-bound and the launches
-# few: on an H100 (random Llama-2-7B, 4x2048 prefill), when gate/up still went through this
-# path, the fused gate+up GEMM and transformers' SiLU * up over its strided halves made prefill
-# 4% slower and peak memory 2% higher, while at 512 rows and below fusing was faster
-# (docs/kernels-notes.md, v7). Gated MLPs now run in runtime/mlp.py at every row count.
+# few, and one GEMM over the concatenated weights measured slower than separate ones
+# (docs/kernels-notes.md, v7). Gated MLPs run in runtime/mlp.py at every row count.
 FUSE_MAX_ROWS = 2048
 
 

@@ -28,7 +28,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from smoothquant.errors import KVCacheError
 from smoothquant.runtime import kv_ops
-from smoothquant.runtime.ops import BACKENDS, resolve_backend
+from smoothquant.runtime.ops import BACKENDS, GPU_BACKENDS, resolve_backend
 
 ATTN_IMPLEMENTATION = "smoothquant_int8_kv"
 _UNSERVED_KWARGS = ("sliding_window", "softcap", "s_aux")  # attention variants we do not implement
@@ -79,7 +79,7 @@ def int8_kv_attention(
         )
     scaling = head_dim**-0.5 if scaling is None else scaling
     if (
-        resolve_backend(backend, query.device) == "triton"
+        resolve_backend(backend, query.device) in GPU_BACKENDS
         and not (module.training and dropout)
         and kv_ops.decode_supported(query, key, attention_mask)
     ):

@@ -15,6 +15,7 @@ import torch
 from smoothquant.kernels.packing import KV_PACK_ALIGN, pack, packed_width, unpack
 from smoothquant.quantization.quantizer import quantize_activation
 from smoothquant.quantization.scheme import TOKEN_DYNAMIC
+from smoothquant.runtime.ops import GPU_BACKENDS
 
 # the decode kernel keeps every query row of a GQA group in one tile: a few positions at most
 MAX_DECODE_QUERIES = 16
@@ -28,7 +29,7 @@ def kv_width(head_dim: int) -> int:
 
 def quantize_kv(k: torch.Tensor, v: torch.Tensor, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Packed rows ``[B, H, S, W]`` of ``k, v [B, H, S, D]``: one scale per (token, head)."""
-    if backend == "triton":
+    if backend in GPU_BACKENDS:
         kq = torch.zeros((*k.shape[:-1], kv_width(k.shape[-1])), dtype=torch.int8, device=k.device)
         vq = torch.zeros_like(kq)  # padding bytes zero, as the torch path writes them
         write_kv(kq, vq, k, v, torch.zeros(1, dtype=torch.int64, device=k.device), backend)
@@ -51,7 +52,7 @@ def write_kv(
 ) -> None:
     """Quantize ``k, v [B, H, S, D]`` into positions ``start .. start + S`` of the packed caches
     ``[B, H, L, W]``. ``start`` is a device tensor, so CUDA graphs replay the write correctly."""
-    if backend == "triton":
+    if backend in GPU_BACKENDS:
         from smoothquant.kernels import triton_kv
 
         triton_kv.write_kv(k_cache, v_cache, k, v, start.reshape(1))

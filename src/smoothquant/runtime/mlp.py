@@ -43,8 +43,7 @@ def activation_kind(act: nn.Module | None, device: torch.device) -> str | None:
 
 # fewest rows for which the gated GEMM hands O3's down projection INT8 rows (see forward). Below
 # it the scale-column fill and the epilogue's per-row NaN check cost more than the pass they save
-# (H100, O3 7B, same process: 1x512 prefill 2.5% and decode b1 4% slower, 1x2048 even, 4x2048
-# 1-3% faster; scripts/ab_o3_int8_out.py)
+# (measured: docs/kernels-notes.md, v11)
 INT8_OUT_MIN_ROWS = 4096
 
 

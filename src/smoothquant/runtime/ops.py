@@ -1,19 +1,25 @@
 """Functional W8A8 ops: quantize an activation, multiply by an INT8 weight, dequantize.
 
-Three backends compute the same integers (the math of ``quantization/quantizer.py``):
+Four backends compute the same integers (the math of ``quantization/quantizer.py``):
 
+- ``"cutlass"``: the GEMMs on CUTLASS's warp-specialised Hopper kernels (``kernels/cuda``), the
+  activation quantization, norms and the GEMMs CUTLASS cannot fuse (the gated epilogue below
+  ``GATED_CUTLASS_MIN_ROWS`` rows, the INT8 hand-off) on Triton,
 - ``"triton"``: this project's Triton kernels (CUDA; on CPU only under ``TRITON_INTERPRET=1``),
 - ``"cpu"``: exact int8 GEMM on CPU tensors (``torch._int_mm`` where the CPU has int8 dot products, chunked fp32 GEMMs elsewhere: ``kernels/cpu.py``),
 - ``"reference"``: pure torch, the int32 accumulation emulated exactly in float64.
 
-``"auto"`` picks ``triton`` for CUDA tensors and ``cpu`` for CPU tensors. Activation integers
+``"auto"`` picks ``cutlass`` for CUDA tensors on a Hopper GPU with nvcc and CUTLASS's headers
+(``triton`` elsewhere on CUDA, saying why once) and ``cpu`` for CPU tensors. Activation integers
 travel as ``(q [M, K] int8, scale [M] fp32)``; per-tensor scales are broadcast to every row so one
 GEMM epilogue serves all schemes.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import logging
 import os
 
 import torch
@@ -26,7 +32,12 @@ from smoothquant.nn_utils import compute_dtype
 from smoothquant.quantization.quantizer import quantize_activation, scale_from_absmax
 from smoothquant.quantization.scheme import TENSOR_STATIC, ActQuant
 
-BACKENDS = ("auto", "triton", "cpu", "reference")
+BACKENDS = ("auto", "cutlass", "triton", "cpu", "reference")
+GPU_BACKENDS = ("cutlass", "triton")  # both run the Triton quantization, norm and attention kernels
+# gate+up+act: from this many rows on, the CUTLASS GEMM plus a separate act(gate) * up kernel
+# beats Triton's GEMM with the product in its epilogue (docs/kernels.md)
+GATED_CUTLASS_MIN_ROWS = 1 << 62
+log = logging.getLogger(__name__)
 
 
 def triton_available() -> bool:
@@ -37,14 +48,45 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def cutlass_unavailable(device: torch.device) -> str | None:
+    """Why the CUTLASS GEMMs cannot run on ``device`` (``None`` if they can); builds nothing."""
+    from smoothquant.kernels.cuda import gemm
+
+    return gemm.unavailable_reason(device)
+
+
+def choose_gpu_backend(reason: str | None) -> str:
+    """``auto`` on CUDA: CUTLASS where it can run, else Triton, saying once why (``reason``)."""
+    if reason is None:
+        return "cutlass"
+    _say_once(f"smoothquant: CUTLASS GEMMs unavailable ({reason}); using the Triton GEMMs")
+    return "triton"
+
+
+@functools.cache
+def _say_once(message: str) -> None:
+    log.warning(message)
+
+
+@functools.cache
+def _auto_cuda(index: int | None) -> str:  # asked on every forward: once per device
+    if not triton_available():
+        raise BackendError("the INT8 runtime on CUDA needs the triton package (pip install triton)")
+    return choose_gpu_backend(cutlass_unavailable(torch.device("cuda", index)))
+
+
 def resolve_backend(backend: str, device: torch.device) -> str:
     """The concrete backend for tensors on ``device`` (raises :class:`BackendError` if unusable)."""
     if backend not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "auto":
-        backend = "triton" if device.type == "cuda" and triton_available() else "cpu"
-        if device.type not in ("cuda", "cpu"):
-            backend = "reference"
+        if device.type == "cuda":
+            return _auto_cuda(device.index)
+        backend = "cpu" if device.type == "cpu" else "reference"
+    if backend == "cutlass":
+        reason = cutlass_unavailable(device) if device.type == "cuda" else f"{device.type} tensors"
+        if reason is not None:
+            raise BackendError(f"backend 'cutlass' cannot run here ({reason}); use 'auto' or 'triton'")
     if backend == "triton":
         if not triton_available():
             raise BackendError("backend 'triton' needs the triton package (pip install triton)")
@@ -62,7 +104,7 @@ def quantize_rows(
     x: torch.Tensor, spec: ActQuant, static_scale: torch.Tensor | None, backend: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``x [M, K]`` -> ``(int8 [M, K], fp32 scale [M])``, the integers FakeQuantLinear computes."""
-    if backend == "triton":
+    if backend in GPU_BACKENDS:
         from smoothquant.kernels import triton_quant
 
         if spec.dynamic and spec.granularity == "tensor":
@@ -100,6 +142,18 @@ def int8_matmul(
     ``out_dtype`` as the floating-point MLP computes it (fused into the GEMM on Triton).
     ``out_scale`` (fp32 ``[1]``): the result quantized at that static per-tensor scale, as packed
     INT8 rows (fused into the GEMM's epilogue on Triton)."""
+    if backend == "cutlass":
+        from smoothquant.kernels.cuda import gemm
+
+        if out_scale is None and gemm.supports(q, qweight, out_dtype):
+            if act is None:
+                return gemm.int8_gemm(q, scale, qweight, weight_scale, bias, out_dtype)
+            if q.shape[0] >= GATED_CUTLASS_MIN_ROWS:
+                from smoothquant.kernels import triton_gemm
+
+                y = gemm.int8_gemm(q, scale, qweight, weight_scale, bias, out_dtype)
+                return triton_gemm.gated_act(y, act)
+        backend = "triton"
     if backend == "triton":
         from smoothquant.kernels import triton_gemm
 
@@ -180,7 +234,7 @@ def norm_quantize(
 ) -> torch.Tensor:
     """A norm whose output goes straight to INT8: packed rows ``[..., Kp + 16]`` (per-token
     dynamic or per-tensor static scales). One kernel on Triton; norm then quantize elsewhere."""
-    if backend == "triton":
+    if backend in GPU_BACKENDS:
         from smoothquant.kernels import triton_quant
 
         return triton_quant.norm_quantize_rows(

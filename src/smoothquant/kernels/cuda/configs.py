@@ -1,0 +1,83 @@
+"""The CUTLASS kernel configurations compiled into the library, and which one runs for a shape.
+
+A configuration is a CTA tile, a cluster shape, a kernel schedule and whether A and B swap
+roles (for a handful of tokens). Each is one compiled kernel (one nvcc process, ~1-2 minutes of
+one core), so the list holds only those that win somewhere: :func:`choose` is a table of the
+measured winners per shape class (``scripts/cutlass_bench.py``; docs/kernels.md has the sweep).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SCHEDULES = {
+    "pp": "Pingpong",  # two consumer warpgroups alternate tiles: one's epilogue hides under the other's MMAs
+    "co": "Cooperative",  # two consumer warpgroups share one tile (256-row tiles)
+    "ws": "WarpSpecialized",  # one consumer warpgroup, one tile per CTA (small problems)
+}
+OUTPUTS = {"bf16": "cutlass::bfloat16_t", "f32": "float"}
+
+
+@dataclass(frozen=True)
+class CutlassConfig:
+    schedule: str
+    tile: tuple[int, int, int]
+    cluster: tuple[int, int] = (1, 1)
+    swap: bool = False
+    out: str = "bf16"
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES or self.out not in OUTPUTS:
+            raise ValueError(f"unknown schedule {self.schedule!r} or output {self.out!r}")
+
+    @property
+    def name(self) -> str:
+        m, n, k = self.tile
+        s = f"{'sw' if self.swap else ''}{self.schedule}_{m}x{n}x{k}_c{self.cluster[0]}x{self.cluster[1]}"
+        return s if self.out == "bf16" else f"{s}_{self.out}"
+
+    def macros(self) -> list[str]:
+        m, n, k = self.tile
+        values = {
+            "SQ_NAME": self.name, "SQ_TM": m, "SQ_TN": n, "SQ_TK": k, "SQ_CM": self.cluster[0],
+            "SQ_CN": self.cluster[1], "SQ_SCHED": SCHEDULES[self.schedule], "SQ_SWAP": int(self.swap),
+            "SQ_OUT": OUTPUTS[self.out],
+        }  # fmt: skip
+        return [f"-D{k}={v}" for k, v in values.items()]
+
+
+CONFIGS: tuple[CutlassConfig, ...] = (
+    # many tokens (prefill): 128-row tiles, persistent
+    CutlassConfig("pp", (128, 128, 128), (2, 1)),
+    CutlassConfig("pp", (128, 128, 128)),
+    CutlassConfig("co", (256, 128, 128), (2, 1)),
+    CutlassConfig("co", (128, 256, 128)),
+    # a few hundred tokens
+    CutlassConfig("pp", (64, 128, 128), (2, 1)),
+    CutlassConfig("ws", (64, 64, 256)),
+    # decode: few tokens, the weights streamed once; clusters multicast the activation tile
+    CutlassConfig("ws", (64, 128, 256), (1, 4)),
+    CutlassConfig("ws", (64, 64, 256), (1, 8)),
+    # swap-AB: tokens on the narrow N' side of the tile
+    CutlassConfig("pp", (64, 16, 256), swap=True),
+    CutlassConfig("ws", (64, 32, 256), swap=True),
+    CutlassConfig("ws", (128, 16, 256), (2, 1), swap=True),
+    # fp32 output: exactness checks of the int32 accumulators (and fp32 models)
+    CutlassConfig("pp", (128, 128, 128), out="f32"),
+)
+BY_NAME = {c.name: c for c in CONFIGS}
+
+
+def choose(m: int, n: int, k: int, out: str = "bf16") -> CutlassConfig:
+    """The configuration that ran fastest for this shape class on an H100 (docs/kernels.md)."""
+    if out == "f32":
+        return BY_NAME["pp_128x128x128_c1x1_f32"]
+    if m <= 16:
+        return BY_NAME["swpp_64x16x256_c1x1"]
+    if m <= 32:
+        return BY_NAME["ws_64x128x256_c1x4"] if n >= 8192 else BY_NAME["ws_64x64x256_c1x8"]
+    if m <= 64:
+        return BY_NAME["ws_64x64x256_c1x1"]
+    if m <= 128:
+        return BY_NAME["pp_64x128x128_c2x1"]
+    return BY_NAME["pp_128x128x128_c2x1"]
