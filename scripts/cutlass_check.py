@@ -18,7 +18,7 @@ import sys
 
 import torch
 
-from smoothquant.kernels.cuda import gemm
+from smoothquant.kernels.cuda import configs, gemm
 from smoothquant.kernels.cuda.configs import CONFIGS
 from smoothquant.kernels.layout import interleave_gate_up
 from smoothquant.quantization.quantizer import quantize_weight
@@ -122,13 +122,13 @@ def check_runtime_path() -> None:
         x, qw, sw = _linear_case(m, 22016, 4096, gated=True)
         q, s = ops.quantize_rows(x, TOKEN_DYNAMIC, None, "reference")
         want = ops.int8_matmul(q, s, qw, sw, None, torch.bfloat16, "reference", act="silu").float()
-        saved = ops.GATED_CUTLASS_MIN_ROWS
+        saved = configs.GATED_MIN_ROWS
         for threshold, path in ((1, "cutlass GEMM + act kernel"), (1 << 62, "triton gated epilogue")):
-            ops.GATED_CUTLASS_MIN_ROWS = threshold
+            configs.GATED_MIN_ROWS = threshold
             got = ops.w8a8_linear(x, qw, sw, None, TOKEN_DYNAMIC, None, "cutlass", act="silu")
             err = ulps_bf16(got, want)
             report(f"gate+up+act {m}x22016x4096 via {path}", err <= 1.0, f"{err:.2f} ulp")
-        ops.GATED_CUTLASS_MIN_ROWS = saved
+        configs.GATED_MIN_ROWS = saved
 
 
 def check_graph_and_pdl() -> None:

@@ -187,3 +187,39 @@ def test_cutlass_linear_matches_the_reference_on_hopper():
         assert torch.isfinite(got).all()
         assert ((got - want).abs() <= want.abs() * 2**-7 + 1e-6).all()
     assert ops.resolve_backend("auto", torch.device("cuda")) == "cutlass"
+
+
+def test_the_sweep_becomes_a_table_that_choose_follows(tmp_path, monkeypatch):
+    """``bench gemm --sweep-cutlass --write-table`` picks per M and N class the config with the
+    lowest relative time; ``load_table`` makes ``choose`` follow it (synthetic timings)."""
+    from smoothquant.bench.gemm import GemmRow, cutlass_table
+
+    def row(m, n, layer, times, ours_gemm=1.0):
+        r = GemmRow("m", layer, m, 4096, n, ms={"ours_gemm": ours_gemm})
+        r.configs = {f"cutlass:{k}": v for k, v in times.items()}
+        return r
+
+    a, b = "swpp_64x16x256_c1x1", "pp_128x128x128_c2x1"
+    rows = [
+        row(1, 4096, "o", {a: 1.0, b: 2.0}), row(1, 11008, "up", {a: 3.0, b: 1.0}),
+        row(2048, 4096, "o", {a: 5.0, b: 1.0, "ws_64x64x256_c1x1": float("nan")}),
+        row(2048, 11008, "up", {a: 9.0, b: 4.0}),
+        row(1, 22016, "gate+up+act", {a: 1.0, b: 5.0}, ours_gemm=0.5),
+        row(2048, 22016, "gate+up+act", {a: 9.0, b: 2.0}, ours_gemm=3.0),
+    ]  # fmt: skip
+    table = cutlass_table(rows)
+    assert table["rules"] == [
+        {"m_max": 1, "n_min": 8192, "config": b}, {"m_max": 1, "n_min": 0, "config": a},
+        {"m_max": 1 << 62, "n_min": 8192, "config": b}, {"m_max": 1 << 62, "n_min": 0, "config": b},
+    ]  # fmt: skip
+    assert table["gated_min_rows"] == 2048  # split path loses at M = 1 (1.0 vs 0.5), wins at 2048
+    path = tmp_path / "table.json"
+    path.write_text(__import__("json").dumps(table))
+    monkeypatch.setattr(configs, "RULES", configs.RULES)
+    monkeypatch.setattr(configs, "GATED_MIN_ROWS", configs.GATED_MIN_ROWS)
+    configs.load_table(path)
+    assert configs.choose(1, 4096, 4096).name == a and configs.choose(1, 11008, 4096).name == b
+    assert configs.choose(700, 4096, 4096).name == b and configs.GATED_MIN_ROWS == 2048
+    path.write_text('{"rules": [{"m_max": 1, "n_min": 0, "config": "nope"}]}')
+    with pytest.raises(ValueError, match="unknown or no CUTLASS configurations"):
+        configs.load_table(path)

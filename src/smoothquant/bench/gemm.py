@@ -244,6 +244,42 @@ def _sweep_cutlass(row: GemmRow, cases: list[_Case], reps: int, log) -> None:
             log(f"  cutlass {cfg.name} failed: {type(e).__name__}: {str(e)[:120]}")
 
 
+def cutlass_table(rows: list[GemmRow], n_split: int = 8192) -> dict:
+    """The configuration table (``kernels/cuda/configs.load_table``) a ``--sweep-cutlass`` run
+    measured: per swept M (and N below / from ``n_split``) the configuration with the lowest total
+    time relative to each row's best; the gated split path from the M where it beats the Triton
+    gated GEMM at every larger M."""
+    plain = [r for r in rows if not r.layer.endswith("+act")]
+    ms = sorted({r.m for r in plain})
+    rules = []
+    for i, m in enumerate(ms):
+        m_max = m if i < len(ms) - 1 else 1 << 62
+        for n_min, sel in ((n_split, [r for r in plain if r.m == m and r.n >= n_split]),
+                           (0, [r for r in plain if r.m == m and r.n < n_split])):  # fmt: skip
+            if sel:
+                rules.append({"m_max": m_max, "n_min": n_min, "config": _winner(sel)})
+    gated = sorted((r for r in rows if r.layer.endswith("+act")), key=lambda r: r.m)
+    wins = [_split_time(r, rules) < r.ms.get("ours_gemm", math.inf) for r in gated]
+    first = next((i for i in range(len(wins)) if all(wins[i:])), None)
+    return {"rules": rules, "gated_min_rows": gated[first].m if first is not None else 1 << 62}
+
+
+def _cutlass_times(r: GemmRow) -> dict[str, float]:
+    return {
+        k.removeprefix("cutlass:"): v for k, v in r.configs.items() if k.startswith("cutlass:") and v == v
+    }
+
+
+def _winner(sel: list[GemmRow]) -> str:
+    names = set.intersection(*(set(_cutlass_times(r)) for r in sel))
+    return min(names, key=lambda c: sum(_cutlass_times(r)[c] / min(_cutlass_times(r).values()) for r in sel))
+
+
+def _split_time(r: GemmRow, rules: list[dict]) -> float:
+    rule = next((x for x in rules if r.m <= x["m_max"] and r.n >= x["n_min"]), None)
+    return _cutlass_times(r).get(rule["config"], math.inf) if rule else math.inf
+
+
 HEADER = (
     f"{'model':12s} {'layer':11s} {'M':>5s} {'bf16 ms':>8s} | end to end: {'triton':>7s} {'x bf16':>6s}"
     f" {'cutlass':>7s} {'x bf16':>6s} {'int_mm':>7s} | GEMM alone TOP/s: {'bf16':>5s} {'triton':>6s}"

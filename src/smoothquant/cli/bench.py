@@ -19,6 +19,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--m", default="1,16,128,512,2048,8192", help="token counts M, comma-separated")
     g.add_argument("--sweep", action="store_true", help="also time every candidate GEMM config")
     g.add_argument("--sweep-cutlass", action="store_true", help="also time every compiled CUTLASS config")
+    g.add_argument(
+        "--write-table",
+        help="with --sweep-cutlass: write the measured CUTLASS configuration table here "
+        "(use it with SMOOTHQUANT_CUTLASS_TABLE=F)",
+    )
+    g.add_argument("--methods", default="", help="columns to time, comma-separated (default: all)")
     g.add_argument("--reps", type=int, default=20)
     g.add_argument("--json", help="write all numbers to this file")
     g.set_defaults(func=_gemm)
@@ -99,10 +105,14 @@ def _gemm(args: argparse.Namespace) -> int:
     rows = gemm.run(
         [m.strip() for m in args.models.split(",")],
         tuple(v[0] for v in _ints(args.m, ",")),
+        tuple(x.strip() for x in args.methods.split(",") if x.strip()) or gemm.METHODS,
         sweep=gemm.sweep_configs() if args.sweep else None,
         reps=args.reps,
         sweep_cutlass=args.sweep_cutlass,
     )
+    if args.write_table:
+        with open(args.write_table, "w") as f:
+            json.dump({**gemm.cutlass_table(rows), "device": torch.cuda.get_device_name()}, f, indent=1)
     if args.json:
         with open(args.json, "w") as f:
             json.dump([asdict(r) for r in rows], f, indent=1)

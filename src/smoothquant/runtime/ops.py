@@ -4,7 +4,7 @@ Four backends compute the same integers (the math of ``quantization/quantizer.py
 
 - ``"cutlass"``: the GEMMs on CUTLASS's warp-specialised Hopper kernels (``kernels/cuda``), the
   activation quantization, norms and the GEMMs CUTLASS cannot fuse (the gated epilogue below
-  ``GATED_CUTLASS_MIN_ROWS`` rows, the INT8 hand-off) on Triton,
+  ``kernels/cuda/configs.GATED_MIN_ROWS`` rows, the INT8 hand-off) on Triton,
 - ``"triton"``: this project's Triton kernels (CUDA; on CPU only under ``TRITON_INTERPRET=1``),
 - ``"cpu"``: exact int8 GEMM on CPU tensors (``torch._int_mm`` where the CPU has int8 dot products, chunked fp32 GEMMs elsewhere: ``kernels/cpu.py``),
 - ``"reference"``: pure torch, the int32 accumulation emulated exactly in float64.
@@ -34,9 +34,6 @@ from smoothquant.quantization.scheme import TENSOR_STATIC, ActQuant
 
 BACKENDS = ("auto", "cutlass", "triton", "cpu", "reference")
 GPU_BACKENDS = ("cutlass", "triton")  # both run the Triton quantization, norm and attention kernels
-# gate+up+act: from this many rows on, the CUTLASS GEMM plus a separate act(gate) * up kernel
-# beats Triton's GEMM with the product in its epilogue (docs/kernels.md)
-GATED_CUTLASS_MIN_ROWS = 1 << 62
 log = logging.getLogger(__name__)
 
 
@@ -143,12 +140,12 @@ def int8_matmul(
     ``out_scale`` (fp32 ``[1]``): the result quantized at that static per-tensor scale, as packed
     INT8 rows (fused into the GEMM's epilogue on Triton)."""
     if backend == "cutlass":
-        from smoothquant.kernels.cuda import gemm
+        from smoothquant.kernels.cuda import configs, gemm
 
         if out_scale is None and gemm.supports(q, qweight, out_dtype):
             if act is None:
                 return gemm.int8_gemm(q, scale, qweight, weight_scale, bias, out_dtype)
-            if q.shape[0] >= GATED_CUTLASS_MIN_ROWS:
+            if q.shape[0] >= configs.GATED_MIN_ROWS:
                 from smoothquant.kernels import triton_gemm
 
                 y = gemm.int8_gemm(q, scale, qweight, weight_scale, bias, out_dtype)

@@ -8,7 +8,10 @@ measured winners per shape class (``scripts/cutlass_bench.py``; docs/kernels.md 
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 SCHEDULES = {
     "pp": "Pingpong",  # two consumer warpgroups alternate tiles: one's epilogue hides under the other's MMAs
@@ -68,16 +71,51 @@ CONFIGS: tuple[CutlassConfig, ...] = (
 BY_NAME = {c.name: c for c in CONFIGS}
 
 
+@dataclass(frozen=True)
+class Rule:
+    """Problems with ``m <= m_max`` and ``n >= n_min`` run ``config`` (the first match wins)."""
+
+    m_max: int
+    n_min: int
+    config: str
+
+
+# Measured winners per shape class (docs/kernels.md, "CUTLASS configuration sweep").
+RULES: tuple[Rule, ...] = (
+    Rule(16, 0, "swpp_64x16x256_c1x1"),
+    Rule(32, 8192, "ws_64x128x256_c1x4"),
+    Rule(32, 0, "ws_64x64x256_c1x8"),
+    Rule(64, 0, "ws_64x64x256_c1x1"),
+    Rule(128, 0, "pp_64x128x128_c2x1"),
+    Rule(1 << 62, 0, "pp_128x128x128_c2x1"),
+)
+# gate+up+act from this many rows on: CUTLASS GEMM + a separate act(gate) * up kernel rather than
+# the Triton GEMM with the product in its epilogue (runtime/ops.int8_matmul)
+GATED_MIN_ROWS = 1 << 62
+
+
+def load_table(path: str | os.PathLike) -> None:
+    """Replace :data:`RULES` and :data:`GATED_MIN_ROWS` with a table written by
+    ``smoothquant bench gemm --sweep-cutlass --write-table F`` (another Hopper part, another
+    clock): read at import from ``$SMOOTHQUANT_CUTLASS_TABLE``."""
+    global RULES, GATED_MIN_ROWS
+    table = json.loads(Path(path).read_text())
+    rules = tuple(Rule(int(r["m_max"]), int(r["n_min"]), str(r["config"])) for r in table["rules"])
+    unknown = [r.config for r in rules if r.config not in BY_NAME]
+    if unknown or not rules:
+        raise ValueError(f"{path}: unknown or no CUTLASS configurations {unknown}")
+    RULES, GATED_MIN_ROWS = rules, int(table.get("gated_min_rows", GATED_MIN_ROWS))
+
+
 def choose(m: int, n: int, k: int, out: str = "bf16") -> CutlassConfig:
-    """The configuration that ran fastest for this shape class on an H100 (docs/kernels.md)."""
+    """The configuration that ran fastest for this shape class (:data:`RULES`)."""
     if out == "f32":
         return BY_NAME["pp_128x128x128_c1x1_f32"]
-    if m <= 16:
-        return BY_NAME["swpp_64x16x256_c1x1"]
-    if m <= 32:
-        return BY_NAME["ws_64x128x256_c1x4"] if n >= 8192 else BY_NAME["ws_64x64x256_c1x8"]
-    if m <= 64:
-        return BY_NAME["ws_64x64x256_c1x1"]
-    if m <= 128:
-        return BY_NAME["pp_64x128x128_c2x1"]
-    return BY_NAME["pp_128x128x128_c2x1"]
+    for r in RULES:
+        if m <= r.m_max and n >= r.n_min:
+            return BY_NAME[r.config]
+    return BY_NAME[RULES[-1].config]
+
+
+if os.environ.get("SMOOTHQUANT_CUTLASS_TABLE"):
+    load_table(os.environ["SMOOTHQUANT_CUTLASS_TABLE"])
