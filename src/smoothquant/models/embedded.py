@@ -27,6 +27,7 @@ from smoothquant.errors import ModelLoadError
 log = logging.getLogger("smoothquant")
 
 GGUF_MAGIC = b"GGUF"
+DEFAULT_MODEL = "smollm2-135m"
 
 
 @dataclass(frozen=True)

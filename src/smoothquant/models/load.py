@@ -21,11 +21,10 @@ from torch import nn
 
 from smoothquant.cache import cache_dir
 from smoothquant.errors import ModelLoadError
-from smoothquant.models.embedded import EMBEDDED, check_gguf_file, gguf_path
+from smoothquant.models.embedded import DEFAULT_MODEL, EMBEDDED, check_gguf_file, gguf_path
 
 log = logging.getLogger("smoothquant")
 
-DEFAULT_MODEL = "smollm2-135m"
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
