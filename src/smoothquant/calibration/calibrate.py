@@ -20,7 +20,7 @@ from smoothquant.calibration.batches import Batches, make_batches, sequences
 from smoothquant.calibration.stats import HIST_BINS, ActStats, hist_bin
 from smoothquant.errors import CalibrationError, UnsupportedModelError
 from smoothquant.families import prepare_model, resolve
-from smoothquant.nn_utils import is_linear_like
+from smoothquant.nn_utils import is_linear_like, model_dtype, nonfinite_parameters
 from smoothquant.state import smoothing_id
 
 
@@ -75,6 +75,19 @@ def calibration_rows(
             "was the data tokenized with this model's tokenizer?"
         )
     return rows
+
+
+def check_positions(model: nn.Module, length: int) -> None:
+    """Refuse sequences longer than the model's positions: beyond them it computes garbage (or
+    fails deep inside attention) and the statistics would describe nothing real."""
+    config = getattr(model, "config", None)
+    config = getattr(config, "text_config", None) or config
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if isinstance(limit, int) and length > limit:
+        raise CalibrationError(
+            f"calibration sequences of {length} tokens are longer than the model's {limit} positions "
+            f"(max_position_embeddings): use --seq-len {limit} or less (seq_len={limit})"
+        )
 
 
 @contextlib.contextmanager
@@ -204,8 +217,9 @@ def observing(root: nn.Module, bmm_inputs: set[str], *, prefix: str = "", token_
     return hooked(root, _observers(root, bmm_inputs, prefix, token_histograms), prefix)
 
 
-def collect(observers: dict[str, _Observer], meta: dict) -> ActStats:
-    """The statistics the observers gathered; NaN/inf is an error that says what to do."""
+def collect(observers: dict[str, _Observer], meta: dict, dtype: torch.dtype | None = None) -> ActStats:
+    """The statistics the observers gathered; NaN/inf is an error that says what to do (which
+    depends on the ``dtype`` the model ran in: only float16 overflows on ordinary text)."""
     stats = ActStats(meta=meta)
     for name, obs in observers.items():
         if obs.inp is None:
@@ -216,10 +230,15 @@ def collect(observers: dict[str, _Observer], meta: dict) -> ActStats:
         if obs.hist is not None:
             stats.token_hist[name] = obs.hist.cpu()
     bad = [n for n, t in stats.inputs.items() if not torch.isfinite(t).all()]
-    if bad:
+    if bad and dtype in (None, torch.float16):
         raise CalibrationError(
             f"activations overflowed (NaN/inf) at {', '.join(bad[:3])}: run calibration in float32 "
             "or bfloat16 rather than float16"
+        )
+    if bad:
+        raise CalibrationError(
+            f"activations became NaN/inf at {', '.join(bad[:3])} in a {str(dtype).removeprefix('torch.')} "
+            "model with finite weights: check the model's numerics (a custom forward, extreme weights)"
         )
     return stats
 
@@ -248,6 +267,13 @@ def calibrate(
     (:func:`prepare_model`, in place, function unchanged); nothing else about it is modified.
     """
     rows = calibration_rows(batches, seq_len, num_samples, vocab_size(model))
+    check_positions(model, max(r.numel() for r in rows))
+    bad = nonfinite_parameters(model)
+    if bad:
+        raise CalibrationError(
+            f"the model's weights hold NaN/inf ({', '.join(bad[:3])}): the checkpoint is damaged, "
+            "calibration cannot fix it; re-download or re-convert the model"
+        )
     prepare_model(model)
     try:
         bmm_inputs = set(resolve(model).bmm_inputs)
@@ -284,4 +310,4 @@ def calibrate(
         "num_sequences": len(rows),
         "smoothing_id": smoothing_id(model),
     }
-    return collect(observers, meta)
+    return collect(observers, meta, model_dtype(model))
