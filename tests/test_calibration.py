@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import smoothquant as sq
 from smoothquant.calibration.batches import make_batches, sequences
 from smoothquant.calibration.stats import ActStats
-from tiny_models import tiny_batches, tiny_model
+from tiny_models import TINY_CONFIGS, tiny_batches, tiny_model
 
 
 def test_input_absmax_matches_a_direct_measurement() -> None:
@@ -82,3 +83,29 @@ def test_token_quantile_from_histogram() -> None:
     q50, q100 = stats.token_quantile(name, 0.5), stats.token_quantile(name, 1.0)
     absmax = stats.input_absmax(name).item()
     assert q50 < q100 and absmax <= q100 <= absmax * 2 ** (1 / 16) * 1.0001
+
+
+@pytest.mark.parametrize("family", sorted(TINY_CONFIGS))
+def test_skipping_the_logits_gives_bit_identical_statistics(family, monkeypatch) -> None:
+    """Calibration feeds the head's statistics from the base model's output and skips the logits
+    (a fifth of smollm2's FLOPs); every statistic must equal the full pass's exactly."""
+    import importlib
+
+    calibrate_module = importlib.import_module("smoothquant.calibration.calibrate")
+    model = tiny_model(family, dtype=torch.float32)
+    ids = tiny_batches(4, 12)
+    full_calls, head = [], model.get_output_embeddings()
+    handle = head.register_forward_hook(lambda m, args, out: full_calls.append(args[0].shape[1]))
+    fast = sq.calibrate(model, ids, token_histograms=True, progress=False)
+    handle.remove()
+    full = sq.calibrate(
+        model, ids, token_histograms=True, progress=False, forward=calibrate_module._full_forward
+    )
+    for kind in ("inputs", "outputs", "token_hist"):
+        a, b = getattr(fast, kind), getattr(full, kind)
+        assert list(a) == list(b)
+        for name in a:
+            assert torch.equal(a[name], b[name]), (kind, name)
+    # OPT's causal LM calls its decoder, not its base model: the check keeps it on the full pass
+    assert full_calls == ([12] * 4 if family.startswith("opt") else [12, 1, 1, 1])
+    assert not model._forward_hooks and not any(m._forward_hooks for m in model.modules())

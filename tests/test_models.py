@@ -131,3 +131,127 @@ def test_local_checkpoint_folder(tmp_path):
     ids = torch.tensor([[1, 2, 3]])
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, model.double()(ids).logits)
+
+
+# ---- the converted-checkpoint cache -----------------------------------------------------------
+def _word_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = Tokenizer(models.WordLevel({f"w{i}": i for i in range(VOCAB)}, unk_token="w0"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=words)
+
+
+@pytest.fixture
+def conversions(monkeypatch):
+    """Stand-in for the slow GGUF read: a tiny Llama; counts how often it runs."""
+    from smoothquant.models import load as load_module
+
+    calls = []
+
+    def fake_load_gguf(path, dtype):
+        calls.append(path)
+        return tiny_model("llama", dtype=torch.float32), _word_tokenizer()
+
+    monkeypatch.setattr(load_module, "_load_gguf", fake_load_gguf)
+    return calls
+
+
+def _install(tmp_path, monkeypatch, site: str, data: bytes) -> None:
+    pkg = tmp_path / site / "fakesingle"
+    pkg.mkdir(parents=True)
+    (pkg / "m.gguf").write_bytes(data)
+    monkeypatch.syspath_prepend(str(tmp_path / site))
+    monkeypatch.setitem(
+        EMBEDDED, "fake", EmbeddedModel("fake", "m.gguf", (("fakesingle", "m.gguf"),), "x", "t")
+    )
+
+
+def test_cache_entry_is_keyed_by_content_not_path(tmp_path, monkeypatch, conversions):
+    """Two clones (the same package at two paths) share one converted checkpoint."""
+    import hashlib
+    import importlib
+
+    data = _tiny_gguf(tmp_path / "whole.gguf")
+    _install(tmp_path, monkeypatch, "clone1", data)
+    first, _ = load_model("fake")
+    entries = sorted((tmp_path / "cache" / "checkpoints").iterdir())
+    assert [e.name for e in entries] == [f"fake-{hashlib.sha256(data).hexdigest()[:16]}"]
+    assert len(conversions) == 1 and str(conversions[0]).startswith(str(tmp_path / "clone1"))
+
+    monkeypatch.syspath_prepend(str(tmp_path / "clone2"))  # the second clone comes first now
+    _install(tmp_path, monkeypatch, "clone2", data)
+    importlib.invalidate_caches()
+    second, _ = load_model("fake")
+    assert len(conversions) == 1  # not converted again
+    assert sorted((tmp_path / "cache" / "checkpoints").iterdir()) == entries
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        assert torch.equal(first(ids).logits, second(ids).logits)
+
+
+def test_cache_entry_is_never_replaced_under_a_reader(tmp_path, monkeypatch, conversions):
+    """A second writer finishing after the first keeps the complete entry (same files, same
+    inodes), so a reader that has it open or memory-mapped keeps working."""
+    from smoothquant.models.load import _write_cache_entry
+
+    _install(tmp_path, monkeypatch, "site", _tiny_gguf(tmp_path / "whole.gguf"))
+    load_model("fake")
+    (entry,) = (tmp_path / "cache" / "checkpoints").iterdir()
+    weights = entry / "model.safetensors"
+    inode, content = weights.stat().st_ino, weights.read_bytes()
+    with weights.open("rb") as reader:
+        other = tiny_model("llama", dtype=torch.float32, seed=1)  # a writer with other bytes
+        _write_cache_entry(entry, other, _word_tokenizer(), {"model": "fake"})
+        assert reader.read() == content
+    assert weights.stat().st_ino == inode and weights.read_bytes() == content
+    assert [p.name for p in entry.parent.iterdir()] == [entry.name]  # its temporary is gone
+
+
+def test_failed_cache_write_leaves_nothing(tmp_path, monkeypatch, conversions, caplog):
+    from transformers import PreTrainedTokenizerFast
+
+    def disk_full(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    _install(tmp_path, monkeypatch, "site", _tiny_gguf(tmp_path / "whole.gguf"))
+    monkeypatch.setattr(PreTrainedTokenizerFast, "save_pretrained", disk_full)
+    model, _ = load_model("fake")  # still loads, only slower next time
+    assert isinstance(model, torch.nn.Module)
+    assert list((tmp_path / "cache" / "checkpoints").iterdir()) == []
+    assert "could not cache" in caplog.text
+
+
+def test_a_killed_writers_temporary_is_removed(tmp_path):
+    import subprocess
+    import sys
+
+    folder = tmp_path / "cache" / "checkpoints"
+    folder.mkdir(parents=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    stale = folder / f".fake-0123456789abcdef.tmp-{int(dead.stdout)}-x1"
+    (stale / "sub").mkdir(parents=True)
+    from smoothquant.models.load import _write_cache_entry
+
+    model, tokenizer = tiny_model("llama", dtype=torch.float32), _word_tokenizer()
+    _write_cache_entry(folder / "fake-0123456789abcdef", model, tokenizer, {"model": "fake"})
+    assert not stale.exists() and (folder / "fake-0123456789abcdef" / "config.json").is_file()
+
+
+def test_hub_id_with_the_hub_unreachable_is_one_line(monkeypatch):
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise OSError(-2, "Name or service not known")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    with pytest.raises(
+        ModelLoadError, match=r"hub \(https://huggingface.co\) is unreachable: pass a local"
+    ) as e:
+        load_model("someone/some-model")
+    assert "\n" not in str(e.value)

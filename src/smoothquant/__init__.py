@@ -13,28 +13,81 @@ linears on INT8 kernels, ``save_quantized(result, "out")`` writes a compressed-t
 large for memory, one decoder layer at a time.
 """
 
-from smoothquant.calibration import ActStats, calibrate
-from smoothquant.errors import SmoothQuantError
-from smoothquant.export import load, quantize_and_save, save_quantized
-from smoothquant.families import prepare_model, resolve, supported_families
-from smoothquant.layerwise import LayerwiseSummary, quantize_checkpoint
-from smoothquant.pipeline import QuantizationResult, quantize_model
-from smoothquant.quantization import (
-    PRESETS,
-    ActQuant,
-    FakeQuantLinear,
-    Scheme,
-    WeightQuant,
-    get_scheme,
-    quantize,
-)
-from smoothquant.runtime import convert
-from smoothquant.search import AlphaSearch, alphas_from_recipe, search_alpha
-from smoothquant.smoothing import smooth
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-load_stats = ActStats.load
+# Public name -> the module that defines it. Importing ``smoothquant`` imports none of them (they
+# pull in torch and transformers, seconds of CPU): a name is imported on first use (PEP 562), so
+# ``smoothquant --help`` and argument errors stay fast.
+_EXPORTS = {
+    "ActStats": "smoothquant.calibration",
+    "calibrate": "smoothquant.calibration",
+    "SmoothQuantError": "smoothquant.errors",
+    "load": "smoothquant.export",
+    "quantize_and_save": "smoothquant.export",
+    "save_quantized": "smoothquant.export",
+    "prepare_model": "smoothquant.families",
+    "resolve": "smoothquant.families",
+    "supported_families": "smoothquant.families",
+    "LayerwiseSummary": "smoothquant.layerwise",
+    "quantize_checkpoint": "smoothquant.layerwise",
+    "QuantizationResult": "smoothquant.pipeline",
+    "quantize_model": "smoothquant.pipeline",
+    "PRESETS": "smoothquant.quantization",
+    "ActQuant": "smoothquant.quantization",
+    "FakeQuantLinear": "smoothquant.quantization",
+    "Scheme": "smoothquant.quantization",
+    "WeightQuant": "smoothquant.quantization",
+    "get_scheme": "smoothquant.quantization",
+    "quantize": "smoothquant.quantization",
+    "convert": "smoothquant.runtime",
+    "AlphaSearch": "smoothquant.search",
+    "alphas_from_recipe": "smoothquant.search",
+    "search_alpha": "smoothquant.search",
+    "smooth": "smoothquant.smoothing",
+}
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; nothing runs at import time
+    from smoothquant.calibration import ActStats, calibrate
+    from smoothquant.errors import SmoothQuantError
+    from smoothquant.export import load, quantize_and_save, save_quantized
+    from smoothquant.families import prepare_model, resolve, supported_families
+    from smoothquant.layerwise import LayerwiseSummary, quantize_checkpoint
+    from smoothquant.pipeline import QuantizationResult, quantize_model
+    from smoothquant.quantization import (
+        PRESETS,
+        ActQuant,
+        FakeQuantLinear,
+        Scheme,
+        WeightQuant,
+        get_scheme,
+        quantize,
+    )
+    from smoothquant.runtime import convert
+    from smoothquant.search import AlphaSearch, alphas_from_recipe, search_alpha
+    from smoothquant.smoothing import smooth
+
+    load_stats = ActStats.load
+
+
+def __getattr__(name: str) -> Any:
+    if name == "load_stats":
+        value = __getattr__("ActStats").load
+    elif name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    else:
+        raise AttributeError(f"module 'smoothquant' has no attribute {name!r}")
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "PRESETS",

@@ -60,3 +60,10 @@ def model_dtype(model: nn.Module) -> torch.dtype:
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """Arithmetic for scales and folds: float64 for float64 models, float32 otherwise."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def nonfinite_parameters(model: nn.Module) -> list[str]:
+    """Names of floating-point parameters holding NaN or inf (a damaged checkpoint: calibration
+    would report overflowing activations without saying why). Buffers are left out: masks may
+    hold -inf by design."""
+    return [n for n, t in model.named_parameters() if t.is_floating_point() and not torch.isfinite(t).all()]

@@ -22,6 +22,7 @@ the cache is warm.
 from __future__ import annotations
 
 import bz2
+import codecs
 import contextlib
 import io
 import json
@@ -401,6 +402,45 @@ def load_documents(name: str, split: str, *, data_dir: str | Path | None = None)
         f"unknown dataset {name!r}: use one of {', '.join(DATASETS)}, a .txt/.jsonl file, or a folder "
         "holding test.txt and valid.txt"
     )
+
+
+def check_source(name: str, *, data_dir: str | Path | None = None) -> None:
+    """What can be checked about a calibration source before the model loads: a registered name,
+    or a file/folder that exists and is readable text. Reads at most 64 KB of a file."""
+    key = name.strip().lower().replace("_", "-")
+    if {"wikitext-2": "wikitext2", "wikitext": "wikitext2"}.get(key, key) in DATASETS:
+        return
+    path = Path(name).expanduser()
+    if path.is_dir():
+        _wikitext_dir_documents_exist(path)
+        return
+    if not path.is_file():
+        load_documents(name, "calibration", data_dir=data_dir)  # raises the "unknown dataset" error
+    if path.suffix.lower() not in (".txt", ".jsonl", ".md", ".text"):
+        raise DatasetError(f"{path}: text datasets are .txt or .jsonl files")
+    try:
+        with path.open("rb") as f:
+            head = f.read(1 << 16)
+    except OSError as e:
+        raise DatasetError(
+            f"cannot read the calibration file {path}: {e.strerror}; fix its permissions or pass another --calib"
+        ) from e
+    try:  # a character cut at the 64 KB boundary is not an error
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=len(head) < 1 << 16)
+    except UnicodeDecodeError as e:
+        raise DatasetError(
+            f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); pass a UTF-8 .txt or .jsonl file"
+        ) from e
+    if not head.strip():
+        raise DatasetError(f"{path} holds no text; pass a non-empty .txt or .jsonl file")
+
+
+def _wikitext_dir_documents_exist(root: Path) -> None:
+    if not (root / "train.txt").is_file() and not (root / "valid.txt").is_file():
+        raise DatasetError(
+            f"{root} has no train.txt or valid.txt: a WikiText-style folder needs test.txt "
+            "(evaluation) and train.txt or valid.txt (calibration)"
+        )
 
 
 def load_text(name: str, split: str = "evaluation", *, data_dir: str | Path | None = None) -> str:

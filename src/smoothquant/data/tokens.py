@@ -79,11 +79,17 @@ def calibration_batches(
     body = _check_len(seq_len, prefix)
     stream = token_stream(tokenizer, load_text(dataset, "calibration", data_dir=data_dir))
     available = stream.numel() // body
+    if available == 0:  # the window itself is too long: fewer samples would not help
+        raise DatasetError(
+            f"the calibration split of {dataset} holds {stream.numel()} tokens, less than one window of "
+            f"{seq_len}: use --seq-len {stream.numel() + len(prefix)} or less (512 is the usual), or a "
+            "larger dataset (austen, wikitext2)"
+        )
     if available < num_samples:
         raise DatasetError(
             f"the calibration split of {dataset} holds {stream.numel()} tokens: {available} windows of "
-            f"{seq_len}, fewer than the {num_samples} asked for; ask for fewer samples, shorter windows, "
-            "or use a larger dataset (austen, wikitext2)"
+            f"{seq_len}, fewer than the {num_samples} asked for; use --num-samples {available}, --seq-len "
+            f"{stream.numel() // num_samples + len(prefix)}, or a larger dataset (austen, wikitext2)"
         )
     all_windows = _windows(stream, prefix, seq_len, available)
     pick = torch.arange(num_samples) * available // num_samples

