@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -180,6 +180,7 @@ def quantize(
     hessians: Mapping[str, torch.Tensor] | None = None,
     search_weight_scales: bool = False,
     input_clip: Mapping[str, float] | None = None,
+    keep_float: Collection[str] = (),
 ) -> nn.Module:
     """Replace every mapped linear by a :class:`FakeQuantLinear` following ``scheme``.
 
@@ -192,6 +193,10 @@ def quantize(
     untouched. ``hessians``: round the weights of those linears by GPTQ (see
     :mod:`smoothquant.quantization.gptq`), measured on the model as it is now;
     ``search_weight_scales`` and ``input_clip``: searched ranges, see :func:`quantized_replacements`.
+    ``keep_float``: names of targets left in floating point. For per-tensor schemes, where a few
+    linears (smollm2's ``down_proj`` of some layers) carry most of the loss, this is mixed
+    precision without a new format: the export lists them in the checkpoint's ``ignore``, which
+    vLLM and transformers honour.
     """
     scheme = get_scheme(scheme, quantize_bmm_inputs=quantize_bmm_inputs)
     if any(isinstance(m, FakeQuantLinear) for m in model.modules()):
@@ -201,6 +206,16 @@ def quantize(
     prepare_model(model)
     resolved = resolve(model)
     targets = quantization_targets(model, quantize_lm_head=quantize_lm_head, resolved=resolved)
+    unknown = sorted(set(keep_float) - set(targets))
+    if unknown:
+        raise QuantizationError(
+            f"keep_float names {len(unknown)} modules this model does not quantize (e.g. {unknown[0]})"
+        )
+    keep = set(keep_float)
+    targets = {n: m for n, m in targets.items() if n not in keep}
+    if hessians:
+        hessians = {n: h for n, h in hessians.items() if n not in keep}
+    input_clip = {n: c for n, c in (input_clip or {}).items() if n not in keep}
     bmm = set(resolved.bmm_inputs) if scheme.outputs is not None else set()
 
     replacements = quantized_replacements(
