@@ -142,7 +142,7 @@ def int8_matmul(
     if backend == "cutlass":
         from smoothquant.kernels.cuda import configs, gemm
 
-        if out_scale is None and gemm.supports(q, qweight, out_dtype):
+        if out_scale is None and q.shape[0] <= configs.MAX_ROWS and gemm.supports(q, qweight, out_dtype):
             if act is None:
                 return gemm.int8_gemm(q, scale, qweight, weight_scale, bias, out_dtype)
             if q.shape[0] >= configs.GATED_MIN_ROWS:

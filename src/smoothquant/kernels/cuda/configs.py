@@ -92,19 +92,23 @@ RULES: tuple[Rule, ...] = (
 # gate+up+act from this many rows on: CUTLASS GEMM + a separate act(gate) * up kernel rather than
 # the Triton GEMM with the product in its epilogue (runtime/ops.int8_matmul)
 GATED_MIN_ROWS = 1 << 62
+# above this many rows the Triton GEMM measured faster than these configurations (H100,
+# docs/bench/h100_cutlass_gemm.log: e.g. 1075 vs 1178 TOP/s at 2048 rows): CUTLASS runs below it
+MAX_ROWS = 128
 
 
 def load_table(path: str | os.PathLike) -> None:
     """Replace :data:`RULES` and :data:`GATED_MIN_ROWS` with a table written by
     ``smoothquant bench gemm --sweep-cutlass --write-table F`` (another Hopper part, another
     clock): read at import from ``$SMOOTHQUANT_CUTLASS_TABLE``."""
-    global RULES, GATED_MIN_ROWS
+    global RULES, GATED_MIN_ROWS, MAX_ROWS
     table = json.loads(Path(path).read_text())
     rules = tuple(Rule(int(r["m_max"]), int(r["n_min"]), str(r["config"])) for r in table["rules"])
     unknown = [r.config for r in rules if r.config not in BY_NAME]
     if unknown or not rules:
         raise ValueError(f"{path}: unknown or no CUTLASS configurations {unknown}")
     RULES, GATED_MIN_ROWS = rules, int(table.get("gated_min_rows", GATED_MIN_ROWS))
+    MAX_ROWS = int(table.get("max_rows", MAX_ROWS))
 
 
 def choose(m: int, n: int, k: int, out: str = "bf16") -> CutlassConfig:
