@@ -223,3 +223,16 @@ def test_the_sweep_becomes_a_table_that_choose_follows(tmp_path, monkeypatch):
     path.write_text('{"rules": [{"m_max": 1, "n_min": 0, "config": "nope"}]}')
     with pytest.raises(ValueError, match="unknown or no CUTLASS configurations"):
         configs.load_table(path)
+
+
+def test_reasons_on_a_gpu_are_named(monkeypatch, tmp_path):
+    """Capability and a missing prebuilt library are reasons too (a GPU simulated by patching)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (8, 0))
+    assert "compute capability 8.0" in gemm.unavailable_reason()
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (9, 0))
+    monkeypatch.setenv("SMOOTHQUANT_CUTLASS_LIB", str(tmp_path / "missing.so"))
+    assert gemm.unavailable_reason() == f"SMOOTHQUANT_CUTLASS_LIB={tmp_path / 'missing.so'} is not a file"
+    (tmp_path / "missing.so").write_bytes(b"")
+    assert gemm.unavailable_reason() is None

@@ -45,11 +45,11 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def cutlass_unavailable(device: torch.device) -> str | None:
-    """Why the CUTLASS GEMMs cannot run on ``device`` (``None`` if they can); builds nothing."""
+@functools.cache
+def _cutlass_reason(index: int | None) -> str | None:  # asked on every forward: once per device
     from smoothquant.kernels.cuda import gemm
 
-    return gemm.unavailable_reason(device)
+    return gemm.unavailable_reason(torch.device("cuda", index))
 
 
 def choose_gpu_backend(reason: str | None) -> str:
@@ -66,10 +66,10 @@ def _say_once(message: str) -> None:
 
 
 @functools.cache
-def _auto_cuda(index: int | None) -> str:  # asked on every forward: once per device
+def _auto_cuda(index: int | None) -> str:
     if not triton_available():
         raise BackendError("the INT8 runtime on CUDA needs the triton package (pip install triton)")
-    return choose_gpu_backend(cutlass_unavailable(torch.device("cuda", index)))
+    return choose_gpu_backend(_cutlass_reason(index))
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -81,7 +81,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
             return _auto_cuda(device.index)
         backend = "cpu" if device.type == "cpu" else "reference"
     if backend == "cutlass":
-        reason = cutlass_unavailable(device) if device.type == "cuda" else f"{device.type} tensors"
+        reason = _cutlass_reason(device.index) if device.type == "cuda" else f"{device.type} tensors"
         if reason is not None:
             raise BackendError(f"backend 'cutlass' cannot run here ({reason}); use 'auto' or 'triton'")
     if backend == "triton":

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.util
+import logging
 import os
 import re
 import shutil
@@ -33,6 +34,7 @@ from smoothquant.kernels.cuda.configs import CONFIGS, CutlassConfig
 HERE = Path(__file__).resolve().parent
 SOURCES = ("w8a8_gemm.cu", "w8a8_gemm.cuh")
 CUTLASS_WHEEL = "nvidia-cutlass==4.2.0.0"
+log = logging.getLogger(__name__)
 LIB_NAME = "libsq_w8a8.so"
 FLAGS = (
     "-std=c++17", "-O3", "-DNDEBUG", "-gencode=arch=compute_90a,code=sm_90a", "--expt-relaxed-constexpr",
@@ -156,6 +158,11 @@ def build(
     if final.is_file():
         return final
     objects = (out or cache_root()) / f"obj-{_source_hash(nvcc, cutlass).hexdigest()[:16]}"
+    # a first use compiles for minutes: say so, once, rather than look hung
+    log.warning(
+        "smoothquant: building the CUTLASS GEMMs once (%d configurations, ~30 s of one core each) into %s",
+        len(configs), final.parent,
+    )  # fmt: skip
     compiled = compile_all(configs, objects, jobs)
     if verbose:
         for c in compiled:

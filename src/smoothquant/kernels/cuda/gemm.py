@@ -65,8 +65,9 @@ def unavailable_reason(device: torch.device | None = None) -> str | None:
     major, minor = torch.cuda.get_device_capability(index)
     if (major, minor) != (9, 0):
         return f"compute capability {major}.{minor} (these kernels are built for Hopper, sm_90a)"
-    if os.environ.get("SMOOTHQUANT_CUTLASS_LIB"):
-        return None
+    lib = os.environ.get("SMOOTHQUANT_CUTLASS_LIB")
+    if lib:
+        return None if os.path.isfile(lib) else f"SMOOTHQUANT_CUTLASS_LIB={lib} is not a file"
     try:
         build.find_nvcc()
         build.find_cutlass()
