@@ -47,7 +47,7 @@ def test_every_configuration_compiles_links_and_exports_its_functions(library_pa
         assert stages >= 2, (cfg.name, stages)
         ws = getattr(lib, f"sq_w8a8_workspace_{cfg.name}")
         ws.restype = ctypes.c_size_t
-        assert ws(4096, 4096, 4096, 132) < 1 << 30
+        assert ws(4096, 4096, 4096, 132, 4) < 1 << 30
 
 
 def test_kernels_do_not_spill_registers(tmp_path):
@@ -203,23 +203,30 @@ def test_the_sweep_becomes_a_table_that_choose_follows(tmp_path, monkeypatch):
     rows = [
         row(1, 4096, "o", {a: 1.0, b: 2.0}), row(1, 11008, "up", {a: 3.0, b: 1.0}),
         row(2048, 4096, "o", {a: 5.0, b: 1.0, "ws_64x64x256_c1x1": float("nan")}),
-        row(2048, 11008, "up", {a: 9.0, b: 4.0}),
+        row(2048, 11008, "up", {a: 9.0, b: 4.0, f"{b}@s4": 3.5}),
         row(1, 22016, "gate+up+act", {a: 1.0, b: 5.0}, ours_gemm=0.5),
-        row(2048, 22016, "gate+up+act", {a: 9.0, b: 2.0}, ours_gemm=3.0),
+        row(2048, 22016, "gate+up+act", {a: 9.0, b: 2.0, f"{b}@s4": 2.0}, ours_gemm=3.0),
     ]  # fmt: skip
     table = cutlass_table(rows)
     assert table["rules"] == [
-        {"m_max": 1, "n_min": 8192, "config": b}, {"m_max": 1, "n_min": 0, "config": a},
-        {"m_max": 1 << 62, "n_min": 8192, "config": b}, {"m_max": 1 << 62, "n_min": 0, "config": b},
+        {"m_max": 1, "n_min": 8192, "config": b, "swizzle": 1},
+        {"m_max": 1, "n_min": 0, "config": a, "swizzle": 1},
+        {"m_max": 1 << 62, "n_min": 8192, "config": b, "swizzle": 4},
+        {"m_max": 1 << 62, "n_min": 0, "config": b, "swizzle": 1},
     ]  # fmt: skip
     assert table["gated_min_rows"] == 2048  # split path loses at M = 1 (1.0 vs 0.5), wins at 2048
+    assert table["max_rows"] == 1  # at 2048 rows CUTLASS takes 1.0 + 3.5 against Triton's 1.0 + 1.0
     path = tmp_path / "table.json"
     path.write_text(__import__("json").dumps(table))
     monkeypatch.setattr(configs, "RULES", configs.RULES)
     monkeypatch.setattr(configs, "GATED_MIN_ROWS", configs.GATED_MIN_ROWS)
+    monkeypatch.setattr(configs, "MAX_ROWS", configs.MAX_ROWS)
     configs.load_table(path)
+    assert configs.MAX_ROWS == 1
     assert configs.choose(1, 4096, 4096).name == a and configs.choose(1, 11008, 4096).name == b
     assert configs.choose(700, 4096, 4096).name == b and configs.GATED_MIN_ROWS == 2048
+    assert configs.plan(700, 11008, 4096) == (configs.BY_NAME[b], 4)
+    assert configs.plan(700, 4096, 4096) == (configs.BY_NAME[b], 1)
     path.write_text('{"rules": [{"m_max": 1, "n_min": 0, "config": "nope"}]}')
     with pytest.raises(ValueError, match="unknown or no CUTLASS configurations"):
         configs.load_table(path)
@@ -236,3 +243,16 @@ def test_reasons_on_a_gpu_are_named(monkeypatch, tmp_path):
     assert gemm.unavailable_reason() == f"SMOOTHQUANT_CUTLASS_LIB={tmp_path / 'missing.so'} is not a file"
     (tmp_path / "missing.so").write_bytes(b"")
     assert gemm.unavailable_reason() is None
+
+
+def test_sweep_times_swizzles_only_for_persistent_configs_on_large_grids():
+    from smoothquant.bench.gemm import _cutlass_kwargs, sweep_keys
+
+    small, large = sweep_keys(16), sweep_keys(2048)
+    assert not any("@s" in k for k in small)
+    assert len(small) == sum(c.out == "bf16" for c in configs.CONFIGS)
+    assert "pp_128x128x128_c2x1@s4" in large and "co_256x128x128_c2x1@s8" in large
+    assert not any(k.startswith("ws_") and "@s" in k for k in large)  # one tile per CTA: no raster
+    assert _cutlass_kwargs("pp_128x128x128_c2x1@s4") == {"config": "pp_128x128x128_c2x1", "swizzle": 4}
+    assert _cutlass_kwargs("ws_64x64x256_c1x1") == {"config": "ws_64x64x256_c1x1", "swizzle": 1}
+    assert _cutlass_kwargs(None) == {}

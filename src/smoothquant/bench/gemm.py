@@ -117,7 +117,7 @@ class _Case:
                 self.x, self.qw, self.sw, None, TOKEN_DYNAMIC, None, "cutlass"
             ),
             "cutlass_gemm": lambda: _cutlass().int8_gemm(
-                self.qa, self.sa, self.qw, self.sw, None, bf16, config
+                self.qa, self.sa, self.qw, self.sw, None, bf16, **_cutlass_kwargs(config)
             ),
             "int_mm_e2e": lambda: _torchao_style(self.x, self.qw.t(), self.sw),
             "int_mm": lambda: torch._int_mm(self.qa_mm, self.qw.t()),
@@ -148,7 +148,10 @@ class _Case:
             ),
             # the split path: CUTLASS GEMM, then act(gate) * up as a kernel of its own
             "cutlass_gemm": lambda: triton_gemm.gated_act(
-                _cutlass().int8_gemm(self.qa, self.sa, self.qw_gated, self.sw_gated, None, bf16, config), self.act
+                _cutlass().int8_gemm(
+                    self.qa, self.sa, self.qw_gated, self.sw_gated, None, bf16, **_cutlass_kwargs(config)
+                ),
+                self.act,
             ),
             "int_mm_e2e": torchao_gated,
         }[method]  # fmt: skip
@@ -158,6 +161,29 @@ def _cutlass():
     from smoothquant.kernels.cuda import gemm
 
     return gemm
+
+
+def _cutlass_kwargs(key: str | None) -> dict:
+    """A sweep key, ``NAME`` or ``NAME@sN`` (swizzle N), as ``int8_gemm`` arguments."""
+    if key is None:
+        return {}
+    name, _, swizzle = key.partition("@s")
+    return {"config": name, "swizzle": int(swizzle or 1)}
+
+
+def sweep_keys(m: int) -> list[str]:
+    """The CUTLASS candidates a ``--sweep-cutlass`` row times: every bf16 configuration, and the
+    persistent ones with each swizzle too where the grid has many tiles (from 512 rows)."""
+    from smoothquant.kernels.cuda.configs import CONFIGS, SWIZZLES
+
+    keys = []
+    for cfg in CONFIGS:
+        if cfg.out != "bf16":
+            continue
+        keys.append(cfg.name)
+        if m >= 512 and cfg.schedule in ("pp", "co"):
+            keys += [f"{cfg.name}@s{s}" for s in SWIZZLES if s != 1]
+    return keys
 
 
 def _check(case: _Case) -> str:
@@ -230,18 +256,14 @@ def run(
 
 
 def _sweep_cutlass(row: GemmRow, cases: list[_Case], reps: int, log) -> None:
-    from smoothquant.kernels.cuda.configs import CONFIGS
-
-    for cfg in CONFIGS:
-        if cfg.out != "bf16":
-            continue
+    for key in sweep_keys(row.m):
         try:
-            row.configs[f"cutlass:{cfg.name}"] = cuda_time_ms(
-                [c.fn("cutlass_gemm", cfg.name) for c in cases], reps=reps
+            row.configs[f"cutlass:{key}"] = cuda_time_ms(
+                [c.fn("cutlass_gemm", key) for c in cases], reps=reps
             )
         except Exception as e:
-            row.configs[f"cutlass:{cfg.name}"] = float("nan")
-            log(f"  cutlass {cfg.name} failed: {type(e).__name__}: {str(e)[:120]}")
+            row.configs[f"cutlass:{key}"] = float("nan")
+            log(f"  cutlass {key} failed: {type(e).__name__}: {str(e)[:120]}")
 
 
 def cutlass_table(rows: list[GemmRow], n_split: int = 8192) -> dict:
@@ -257,11 +279,27 @@ def cutlass_table(rows: list[GemmRow], n_split: int = 8192) -> dict:
         for n_min, sel in ((n_split, [r for r in plain if r.m == m and r.n >= n_split]),
                            (0, [r for r in plain if r.m == m and r.n < n_split])):  # fmt: skip
             if sel:
-                rules.append({"m_max": m_max, "n_min": n_min, "config": _winner(sel)})
+                name, _, swizzle = _winner(sel).partition("@s")
+                rules.append({"m_max": m_max, "n_min": n_min, "config": name, "swizzle": int(swizzle or 1)})
     gated = sorted((r for r in rows if r.layer.endswith("+act")), key=lambda r: r.m)
     wins = [_split_time(r, rules) < r.ms.get("ours_gemm", math.inf) for r in gated]
     first = next((i for i in range(len(wins)) if all(wins[i:])), None)
-    return {"rules": rules, "gated_min_rows": gated[first].m if first is not None else 1 << 62}
+    return {
+        "rules": rules,
+        "gated_min_rows": gated[first].m if first is not None else 1 << 62,
+        "max_rows": _max_rows(plain, ms, rules),
+    }
+
+
+def _max_rows(plain: list[GemmRow], ms: list[int], rules: list[dict]) -> int:
+    """CUTLASS takes GEMMs up to the last swept M before its total time first exceeds Triton's."""
+    max_rows = 0
+    for m in ms:
+        sel = [r for r in plain if r.m == m]
+        if sum(_split_time(r, rules) for r in sel) > sum(r.ms.get("ours_gemm", math.inf) for r in sel):
+            break
+        max_rows = m if m != ms[-1] else 1 << 62
+    return max_rows
 
 
 def _cutlass_times(r: GemmRow) -> dict[str, float]:
@@ -277,7 +315,10 @@ def _winner(sel: list[GemmRow]) -> str:
 
 def _split_time(r: GemmRow, rules: list[dict]) -> float:
     rule = next((x for x in rules if r.m <= x["m_max"] and r.n >= x["n_min"]), None)
-    return _cutlass_times(r).get(rule["config"], math.inf) if rule else math.inf
+    if rule is None:
+        return math.inf
+    key = rule["config"] + (f"@s{rule['swizzle']}" if rule["swizzle"] != 1 else "")
+    return _cutlass_times(r).get(key, math.inf)
 
 
 HEADER = (

@@ -55,6 +55,10 @@ CONFIGS: tuple[CutlassConfig, ...] = (
     CutlassConfig("pp", (128, 128, 128)),
     CutlassConfig("co", (256, 128, 128), (2, 1)),
     CutlassConfig("co", (128, 256, 128)),
+    CutlassConfig("co", (128, 256, 128), (2, 1)),
+    CutlassConfig("co", (256, 128, 128), (1, 2)),
+    CutlassConfig("co", (128, 128, 128), (2, 1)),
+    CutlassConfig("pp", (128, 128, 128), (1, 2)),
     # a few hundred tokens
     CutlassConfig("pp", (64, 128, 128), (2, 1)),
     CutlassConfig("ws", (64, 64, 256)),
@@ -73,11 +77,13 @@ BY_NAME = {c.name: c for c in CONFIGS}
 
 @dataclass(frozen=True)
 class Rule:
-    """Problems with ``m <= m_max`` and ``n >= n_min`` run ``config`` (the first match wins)."""
+    """Problems with ``m <= m_max`` and ``n >= n_min`` run ``config`` (the first match wins), its
+    persistent scheduler grouping ``swizzle`` tiles (a launch argument, not a compiled one)."""
 
     m_max: int
     n_min: int
     config: str
+    swizzle: int = 1
 
 
 # Measured winners per shape class (docs/kernels.md, "CUTLASS configuration sweep").
@@ -103,7 +109,10 @@ def load_table(path: str | os.PathLike) -> None:
     clock): read at import from ``$SMOOTHQUANT_CUTLASS_TABLE``."""
     global RULES, GATED_MIN_ROWS, MAX_ROWS
     table = json.loads(Path(path).read_text())
-    rules = tuple(Rule(int(r["m_max"]), int(r["n_min"]), str(r["config"])) for r in table["rules"])
+    rules = tuple(
+        Rule(int(r["m_max"]), int(r["n_min"]), str(r["config"]), int(r.get("swizzle", 1)))
+        for r in table["rules"]
+    )
     unknown = [r.config for r in rules if r.config not in BY_NAME]
     if unknown or not rules:
         raise ValueError(f"{path}: unknown or no CUTLASS configurations {unknown}")
@@ -111,14 +120,20 @@ def load_table(path: str | os.PathLike) -> None:
     MAX_ROWS = int(table.get("max_rows", MAX_ROWS))
 
 
-def choose(m: int, n: int, k: int, out: str = "bf16") -> CutlassConfig:
-    """The configuration that ran fastest for this shape class (:data:`RULES`)."""
+SWIZZLES = (1, 2, 4, 8)
+
+
+def plan(m: int, n: int, k: int, out: str = "bf16") -> tuple[CutlassConfig, int]:
+    """The configuration and swizzle that ran fastest for this shape class (:data:`RULES`)."""
     if out == "f32":
-        return BY_NAME["pp_128x128x128_c1x1_f32"]
-    for r in RULES:
-        if m <= r.m_max and n >= r.n_min:
-            return BY_NAME[r.config]
-    return BY_NAME[RULES[-1].config]
+        return BY_NAME["pp_128x128x128_c1x1_f32"], 1
+    rule = next((r for r in RULES if m <= r.m_max and n >= r.n_min), RULES[-1])
+    return BY_NAME[rule.config], rule.swizzle
+
+
+def choose(m: int, n: int, k: int, out: str = "bf16") -> CutlassConfig:
+    """The configuration of :func:`plan`."""
+    return plan(m, n, k, out)[0]
 
 
 if os.environ.get("SMOOTHQUANT_CUTLASS_TABLE"):

@@ -18,14 +18,14 @@ from pathlib import Path
 import torch
 
 from smoothquant.kernels.cuda import build
-from smoothquant.kernels.cuda.configs import BY_NAME, CONFIGS, CutlassConfig, choose
+from smoothquant.kernels.cuda.configs import BY_NAME, CONFIGS, CutlassConfig, plan
 from smoothquant.kernels.launch import use_pdl
 
 OUT_DTYPES = {torch.bfloat16: "bf16", torch.float32: "f32"}
 _ARGTYPES = [
     ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
     ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
-    ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
+    ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
 ]  # fmt: skip
 STATUS = {1: "CUTLASS cannot implement this problem", 2: "workspace too small", 3: "workspace init failed",
           4: "kernel launch failed"}  # fmt: skip
@@ -46,7 +46,7 @@ class Library:
             f = getattr(self.lib, f"sq_w8a8_gemm_{c.name}")
             f.restype, f.argtypes = ctypes.c_int, _ARGTYPES
             w = getattr(self.lib, f"sq_w8a8_workspace_{c.name}")
-            w.restype, w.argtypes = ctypes.c_size_t, [ctypes.c_int] * 4
+            w.restype, w.argtypes = ctypes.c_size_t, [ctypes.c_int] * 5
             self.gemm[c.name], self.workspace[c.name] = f, w
 
     def info(self, config: CutlassConfig) -> dict[str, int]:
@@ -114,16 +114,19 @@ def int8_gemm(
     config: str | None = None,
     pdl: bool | None = None,
     out: torch.Tensor | None = None,
+    swizzle: int | None = None,
 ) -> torch.Tensor:
     """``cast((q @ qweight.T) * scale[:, None] * weight_scale[None, :] + bias)`` on CUTLASS.
 
-    ``config``: a configuration's name (default: :func:`configs.choose`); ``pdl``: programmatic
+    ``config``: a configuration's name and ``swizzle`` its tile grouping (default: both from
+    :func:`configs.plan`; a named config alone gets swizzle 1); ``pdl``: programmatic
     dependent launch (default: on Hopper unless ``SMOOTHQUANT_PDL=0``, as the Triton kernels): the
     kernel starts while the previous one finishes and waits for it before reading its inputs; ``out``: a contiguous
     ``[M, N]`` tensor to write (the checks pass a poisoned one)."""
     m, k = q.shape
     n = qweight.shape[0]
-    cfg = BY_NAME[config] if config else choose(m, n, k, OUT_DTYPES[out_dtype])
+    cfg, planned = (BY_NAME[config], 1) if config else plan(m, n, k, OUT_DTYPES[out_dtype])
+    swizzle = planned if swizzle is None else swizzle
     lib = library()
     if out is None:
         out = torch.empty((m, n), dtype=out_dtype, device=q.device)
@@ -131,7 +134,7 @@ def int8_gemm(
         return out
     index = q.device.index if q.device.index is not None else torch.cuda.current_device()
     sms = _sm_count(index)
-    ws_bytes = lib.workspace[cfg.name](m, n, k, sms)
+    ws_bytes = lib.workspace[cfg.name](m, n, k, sms, swizzle)
     ws = torch.empty(ws_bytes, dtype=torch.uint8, device=q.device) if ws_bytes else None
     if pdl is None:
         pdl = use_pdl(q.device)
@@ -142,7 +145,7 @@ def int8_gemm(
         q.data_ptr(), q.stride(0), qweight.data_ptr(), qweight.stride(0), out.data_ptr(), out.stride(0),
         scale.data_ptr(), scale.stride(0), weight_scale.data_ptr(),
         bias.contiguous().data_ptr() if bias is not None else None, m, n, k,
-        ws.data_ptr() if ws is not None else None, ws_bytes, sms, int(pdl),
+        ws.data_ptr() if ws is not None else None, ws_bytes, sms, swizzle, int(pdl),
         torch.cuda.current_stream(q.device).cuda_stream,
     )  # fmt: skip
     if rc:

@@ -22,13 +22,13 @@ extern "C" int SQ_CAT(sq_w8a8_gemm_, SQ_NAME)(const int8_t* a, int64_t lda, cons
                                              void* d, int64_t ldd, const float* a_scale,
                                              int64_t a_scale_stride, const float* w_scale, const void* bias,
                                              int M, int N, int K, void* workspace, size_t workspace_bytes,
-                                             int sm_count, int pdl, void* stream) {
+                                             int sm_count, int swizzle, int pdl, void* stream) {
   return sq::run<SqConfig>(a, lda, b, ldb, d, ldd, a_scale, a_scale_stride, w_scale, bias, M, N, K, workspace,
-                           workspace_bytes, sm_count, pdl, static_cast<cudaStream_t>(stream));
+                           workspace_bytes, sm_count, swizzle, pdl, static_cast<cudaStream_t>(stream));
 }
 
-extern "C" size_t SQ_CAT(sq_w8a8_workspace_, SQ_NAME)(int M, int N, int K, int sm_count) {
-  return sq::workspace_size<SqConfig>(M, N, K, sm_count);
+extern "C" size_t SQ_CAT(sq_w8a8_workspace_, SQ_NAME)(int M, int N, int K, int sm_count, int swizzle) {
+  return sq::workspace_size<SqConfig>(M, N, K, sm_count, swizzle);
 }
 
 // shared memory bytes, threads per CTA and mainloop stages, for the benchmark's notes

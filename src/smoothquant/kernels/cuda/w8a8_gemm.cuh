@@ -199,7 +199,7 @@ template <class C>
 typename C::Gemm::Arguments arguments(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, void* d,
                                       int64_t ldd, const float* a_scale, int64_t a_scale_stride,
                                       const float* w_scale, const void* bias, int M, int N, int K,
-                                      int sm_count) {
+                                      int sm_count, int swizzle) {
   using GK = typename C::GemmKernel;
   constexpr bool S = C::kSwap;
   const int Mg = S ? N : M, Ng = S ? M : N;
@@ -230,6 +230,9 @@ typename C::Gemm::Arguments arguments(const int8_t* a, int64_t lda, const int8_t
   args.hw_info.device_id = 0;
   cudaGetDevice(&args.hw_info.device_id);
   args.hw_info.sm_count = sm_count;
+  // persistent schedulers walk tiles in groups of `swizzle` along the raster: neighbours in time
+  // then share A and B tiles in L2 (1, 2, 4 or 8)
+  args.scheduler.max_swizzle_size = swizzle;
   return args;
 }
 
@@ -240,10 +243,11 @@ enum : int { kOk = 0, kCannotImplement = 1, kWorkspaceTooSmall = 2, kInitFailed 
 template <class C>
 int run(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, void* d, int64_t ldd, const float* a_scale,
         int64_t a_scale_stride, const float* w_scale, const void* bias, int M, int N, int K, void* workspace,
-        size_t workspace_bytes, int sm_count, int pdl, cudaStream_t stream) {
+        size_t workspace_bytes, int sm_count, int swizzle, int pdl, cudaStream_t stream) {
   using Gemm = typename C::Gemm;
   using GK = typename C::GemmKernel;
-  auto args = arguments<C>(a, lda, b, ldb, d, ldd, a_scale, a_scale_stride, w_scale, bias, M, N, K, sm_count);
+  auto args = arguments<C>(a, lda, b, ldb, d, ldd, a_scale, a_scale_stride, w_scale, bias, M, N, K, sm_count,
+                           swizzle);
   if (Gemm::can_implement(args) != cutlass::Status::kSuccess) return kCannotImplement;
   if (Gemm::get_workspace_size(args) > workspace_bytes) return kWorkspaceTooSmall;
   // > 48 KB of dynamic shared memory needs the attribute raised once per kernel (and device)
@@ -262,10 +266,10 @@ int run(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, void* d, int
 }
 
 template <class C>
-size_t workspace_size(int M, int N, int K, int sm_count) {
+size_t workspace_size(int M, int N, int K, int sm_count, int swizzle) {
   int8_t dummy = 0;
   float s = 1.f;
-  auto args = arguments<C>(&dummy, K, &dummy, K, &dummy, N, &s, 1, &s, nullptr, M, N, K, sm_count);
+  auto args = arguments<C>(&dummy, K, &dummy, K, &dummy, N, &s, 1, &s, nullptr, M, N, K, sm_count, swizzle);
   return C::Gemm::get_workspace_size(args);
 }
 
