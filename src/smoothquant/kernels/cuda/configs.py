@@ -86,21 +86,28 @@ class Rule:
     swizzle: int = 1
 
 
-# Measured winners per shape class (docs/kernels.md, "CUTLASS configuration sweep").
+# Measured winners per shape class: the sweep on one H100 80GB HBM3, 2026-12-07
+# (docs/bench/h100_cutlass_table.json, written by scripts/gpu_cutlass_run.sh sweep).
 RULES: tuple[Rule, ...] = (
-    Rule(16, 0, "swpp_64x16x256_c1x1"),
-    Rule(32, 8192, "ws_64x128x256_c1x4"),
-    Rule(32, 0, "ws_64x64x256_c1x8"),
-    Rule(64, 0, "ws_64x64x256_c1x1"),
+    Rule(1, 8192, "swpp_64x16x256_c1x1"),
+    Rule(1, 0, "swws_128x16x256_c2x1"),
+    Rule(16, 8192, "swws_128x16x256_c2x1"),
+    Rule(16, 0, "ws_64x64x256_c1x8"),
     Rule(128, 0, "pp_64x128x128_c2x1"),
-    Rule(1 << 62, 0, "pp_128x128x128_c2x1"),
+    Rule(512, 8192, "co_128x256x128_c2x1"),
+    Rule(512, 0, "pp_128x128x128_c1x2"),
+    Rule(2048, 8192, "co_128x256x128_c1x1"),
+    Rule(2048, 0, "co_128x256x128_c2x1", 2),
+    Rule(1 << 62, 8192, "co_256x128x128_c1x2", 4),
+    Rule(1 << 62, 0, "co_128x256x128_c2x1", 4),
 )
 # gate+up+act from this many rows on: CUTLASS GEMM + a separate act(gate) * up kernel rather than
-# the Triton GEMM with the product in its epilogue (runtime/ops.int8_matmul)
+# the Triton GEMM with the product in its epilogue (runtime/ops.int8_matmul); the sweep found no
+# M where the split path wins
 GATED_MIN_ROWS = 1 << 62
-# above this many rows the Triton GEMM measured faster than these configurations (H100,
-# docs/bench/h100_cutlass_gemm.log: e.g. 1075 vs 1178 TOP/s at 2048 rows): CUTLASS runs below it
-MAX_ROWS = 128
+# up to this many rows CUTLASS runs (above it Triton): with the swept rules CUTLASS's total is
+# below Triton's at every swept M (1 to 8192 rows)
+MAX_ROWS = 1 << 62
 
 
 def load_table(path: str | os.PathLike) -> None:
