@@ -111,6 +111,7 @@ def test_configuration_table():
         configs.CutlassConfig("nope", (64, 64, 64))
     macros = configs.BY_NAME["swpp_64x16x256_c1x1"].macros()
     assert "-DSQ_SWAP=1" in macros and "-DSQ_SCHED=Pingpong" in macros and "-DSQ_TN=16" in macros
+    assert "-DSQ_SCHED=CooperativeStreamK" in configs.BY_NAME["sk_128x128x128_c1x1"].macros()
 
 
 def test_auto_falls_back_to_triton_with_one_line_saying_why(caplog):
@@ -252,6 +253,7 @@ def test_sweep_times_swizzles_only_for_persistent_configs_on_large_grids():
     assert not any("@s" in k for k in small)
     assert len(small) == sum(c.out == "bf16" for c in configs.CONFIGS)
     assert "pp_128x128x128_c2x1@s4" in large and "co_256x128x128_c2x1@s8" in large
+    assert "sk_128x128x128_c1x1@s2" in large
     assert not any(k.startswith("ws_") and "@s" in k for k in large)  # one tile per CTA: no raster
     assert _cutlass_kwargs("pp_128x128x128_c2x1@s4") == {"config": "pp_128x128x128_c2x1", "swizzle": 4}
     assert _cutlass_kwargs("ws_64x64x256_c1x1") == {"config": "ws_64x64x256_c1x1", "swizzle": 1}

@@ -181,7 +181,7 @@ def sweep_keys(m: int) -> list[str]:
         if cfg.out != "bf16":
             continue
         keys.append(cfg.name)
-        if m >= 512 and cfg.schedule in ("pp", "co"):
+        if m >= 512 and cfg.schedule in ("pp", "co", "sk"):
             keys += [f"{cfg.name}@s{s}" for s in SWIZZLES if s != 1]
     return keys
 

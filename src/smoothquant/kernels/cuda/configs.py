@@ -16,6 +16,7 @@ from pathlib import Path
 SCHEDULES = {
     "pp": "Pingpong",  # two consumer warpgroups alternate tiles: one's epilogue hides under the other's MMAs
     "co": "Cooperative",  # two consumer warpgroups share one tile (256-row tiles)
+    "sk": "CooperativeStreamK",  # cooperative, the last partial wave's K loops split across idle SMs
     "ws": "WarpSpecialized",  # one consumer warpgroup, one tile per CTA (small problems)
 }
 OUTPUTS = {"bf16": "cutlass::bfloat16_t", "f32": "float"}
@@ -59,6 +60,9 @@ CONFIGS: tuple[CutlassConfig, ...] = (
     CutlassConfig("co", (256, 128, 128), (1, 2)),
     CutlassConfig("co", (128, 128, 128), (2, 1)),
     CutlassConfig("pp", (128, 128, 128), (1, 2)),
+    # grids a little over one wave (e.g. 13B at 512 rows: 160 tiles of 128x128 on 132 SMs)
+    CutlassConfig("sk", (128, 128, 128)),
+    CutlassConfig("sk", (128, 256, 128)),
     # a few hundred tokens
     CutlassConfig("pp", (64, 128, 128), (2, 1)),
     CutlassConfig("ws", (64, 64, 256)),

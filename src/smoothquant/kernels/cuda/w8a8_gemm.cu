@@ -2,7 +2,7 @@
 // entry of configs.CONFIGS (in parallel), each with its -D macros, and links the objects into one
 // shared library with a plain C ABI, so it loads with ctypes into any torch build.
 //   SQ_NAME  symbol suffix              SQ_TM, SQ_TN, SQ_TK  CTA tile (M', N', K)
-//   SQ_CM, SQ_CN  cluster shape         SQ_SCHED  Pingpong | Cooperative | WarpSpecialized
+//   SQ_CM, SQ_CN  cluster shape         SQ_SCHED  Pingpong | Cooperative | CooperativeStreamK | WarpSpecialized
 //   SQ_SWAP  0 | 1 (D^T = B A^T)        SQ_OUT    cutlass::bfloat16_t | float
 #include "w8a8_gemm.cuh"
 

@@ -145,6 +145,41 @@ struct Cooperative {
   using Epilogue = cutlass::epilogue::TmaWarpSpecializedCooperative;
   using Scheduler = cutlass::gemm::PersistentScheduler;
 };
+// CUTLASS 4.2's stream-K scheduler does not compile once PDL instantiates its is_last_tile: that
+// const method passes a data member to a non-const reference parameter, which nvcc 13 rejects.
+// The same scheduler with is_last_tile asked of a copy (the member it changes is thrown away).
+template <class TileShape, class ClusterShape>
+class StreamKScheduler : public cutlass::gemm::kernel::detail::PersistentTileSchedulerSm90StreamK<TileShape, ClusterShape> {
+  using Base = cutlass::gemm::kernel::detail::PersistentTileSchedulerSm90StreamK<TileShape, ClusterShape>;
+
+ public:
+  using Base::Base;
+  CUTLASS_DEVICE bool is_last_tile(typename Base::WorkTileInfo work_tile_info, uint32_t advance_count = 1) const {
+    if (this->continue_current_work(work_tile_info)) return false;
+    Base next = *this;
+    next.advance_to_next_work(advance_count);
+    return !next.get_current_work().is_valid();
+  }
+};
+struct StreamKTag {};
+}  // namespace sq
+
+namespace cutlass::gemm::kernel::detail {
+template <class TileShape, class ClusterShape, uint32_t Stages>
+struct TileSchedulerSelector<sq::StreamKTag, arch::Sm90, TileShape, ClusterShape, Stages> {
+  using Scheduler = sq::StreamKScheduler<TileShape, ClusterShape>;
+};
+}  // namespace cutlass::gemm::kernel::detail
+
+namespace sq {
+// Stream-K: the cooperative kernel, with the K loop of the last partial wave split across idle SMs
+// and the int32 partial sums added in the workspace (exact in any order, so the faster
+// non-deterministic reduction changes no integer); for grids of a little over one wave.
+struct CooperativeStreamK {
+  using Kernel = cutlass::gemm::KernelTmaWarpSpecializedCooperative;
+  using Epilogue = cutlass::epilogue::TmaWarpSpecializedCooperative;
+  using Scheduler = StreamKTag;
+};
 struct WarpSpecialized {  // one consumer warpgroup, one tile per CTA (not persistent)
   using Kernel = cutlass::gemm::KernelTmaWarpSpecialized;
   using Epilogue = cutlass::epilogue::TmaWarpSpecialized;
@@ -154,6 +189,7 @@ struct WarpSpecialized {  // one consumer warpgroup, one tile per CTA (not persi
 template <class TileShape_, class ClusterShape_, class Schedule, bool Swap_, class ElementD_>
 struct Config {
   static constexpr bool kSwap = Swap_;
+  static constexpr bool kStreamK = cute::is_same_v<typename Schedule::Scheduler, StreamKTag>;
   using TileShape = TileShape_;
   using ClusterShape = ClusterShape_;
   using ElementD = ElementD_;
@@ -233,6 +269,9 @@ typename C::Gemm::Arguments arguments(const int8_t* a, int64_t lda, const int8_t
   // persistent schedulers walk tiles in groups of `swizzle` along the raster: neighbours in time
   // then share A and B tiles in L2 (1, 2, 4 or 8)
   args.scheduler.max_swizzle_size = swizzle;
+  if constexpr (C::kStreamK) {
+    args.scheduler.reduction_mode = decltype(args.scheduler.reduction_mode)::Nondeterministic;
+  }
   return args;
 }
 
