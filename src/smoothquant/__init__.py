@@ -35,7 +35,8 @@ _EXPORTS = {
     "supported_families": "smoothquant.families",
     "LayerwiseSummary": "smoothquant.layerwise",
     "quantize_checkpoint": "smoothquant.layerwise",
-    "QuantizationResult": "smoothquant.pipeline",
+    "QuantizationResult": "smoothquant.recipe",
+    "Recipe": "smoothquant.recipe",
     "quantize_model": "smoothquant.pipeline",
     "PRESETS": "smoothquant.quantization",
     "ActQuant": "smoothquant.quantization",
@@ -57,7 +58,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; nothing runs at import tim
     from smoothquant.export import load, quantize_and_save, save_quantized
     from smoothquant.families import prepare_model, resolve, supported_families
     from smoothquant.layerwise import LayerwiseSummary, quantize_checkpoint
-    from smoothquant.pipeline import QuantizationResult, quantize_model
+    from smoothquant.pipeline import quantize_model
     from smoothquant.quantization import (
         PRESETS,
         ActQuant,
@@ -67,6 +68,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; nothing runs at import tim
         get_scheme,
         quantize,
     )
+    from smoothquant.recipe import QuantizationResult, Recipe
     from smoothquant.runtime import convert
     from smoothquant.search import AlphaSearch, alphas_from_recipe, search_alpha
     from smoothquant.smoothing import smooth
@@ -97,6 +99,7 @@ __all__ = [
     "FakeQuantLinear",
     "LayerwiseSummary",
     "QuantizationResult",
+    "Recipe",
     "Scheme",
     "SmoothQuantError",
     "WeightQuant",

@@ -26,7 +26,7 @@ from smoothquant.export import names
 from smoothquant.export.atomic import atomic_directory
 from smoothquant.export.skeleton import skeleton
 from smoothquant.nn_utils import model_dtype
-from smoothquant.pipeline import QuantizationResult
+from smoothquant.recipe import QuantizationResult
 from smoothquant.quantization import FakeQuantLinear, Scheme
 
 log = logging.getLogger(__name__)

@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import transformers
@@ -46,9 +46,10 @@ from torch import nn
 
 from smoothquant.calibration import ActStats
 from smoothquant.calibration.batches import Batches, make_batches, sequences
-from smoothquant.calibration.calibrate import calibration_rows, collect, observing, vocab_size
+from smoothquant.calibration.calibrate import calibration_rows, collect, hooked, observing, vocab_size
+from smoothquant.calibration.clip import CLIP_GRID, _ClipError
 from smoothquant.calibration.hessians import hessian_hooks, hessians_of
-from smoothquant.errors import ArgumentError, CalibrationError, CheckpointError, DiskSpaceError
+from smoothquant.errors import ArgumentError, CheckpointError, DiskSpaceError
 from smoothquant.export import compressed_tensors as ct
 from smoothquant.export.atomic import check_free_space, check_output, publish
 from smoothquant.export.load import config_dtype
@@ -66,18 +67,16 @@ from smoothquant.layerwise import activations
 from smoothquant.layerwise.checkpoint import Checkpoint, empty_model, move_buffers, release
 from smoothquant.layerwise.resume import Manifest
 from smoothquant.nn_utils import compute_dtype, set_submodule
-from smoothquant.pipeline import QuantizationResult
-from smoothquant.quantization import Scheme, get_scheme
+from smoothquant.quantization import Scheme
 from smoothquant.quantization.apply import (
     check_static_coverage,
     quantization_targets,
     quantized_replacements,
 )
-from smoothquant.quantization.gptq import check_rounding
+from smoothquant.recipe import SEARCH_KEYS, QuantizationResult, Recipe, as_recipe, check_data
 from smoothquant.search.alpha import (
     AlphaSearch,
     BlockSearch,
-    check_options,
     search_alpha,
 )
 from smoothquant.search.blocks import BlockCall, capture_block_calls
@@ -89,17 +88,6 @@ INDEX_FILE = "model.safetensors.index.json"
 # any of these in the source folder means it has a tokenizer to copy (transformers would otherwise
 # build an empty default one)
 TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model")
-# search_alpha's options that quantize_checkpoint(alpha="auto", search_options=...) accepts
-SEARCH_KEYS = (
-    "per_block",
-    "grid",
-    "exhaustive",
-    "reference",
-    "num_samples",
-    "trial_tokens",
-    "error",
-    "uniform_fallback",
-)
 
 
 @dataclass
@@ -158,17 +146,15 @@ def _rows_digest(rows: list[torch.Tensor], batch_size: int) -> str:
     return h.hexdigest()
 
 
-def _search_options(search_options: Mapping[str, Any] | None, seq_len: int | None, batch_size: int) -> dict:
-    """search_alpha's defaults, overridden by ``search_options`` (as quantize_model passes them)."""
+def _search_options(recipe: Recipe) -> dict[str, Any]:
+    """search_alpha's defaults, overridden by the recipe's (as quantize_model passes them)."""
     params = inspect.signature(search_alpha).parameters
-    options = {k: params[k].default for k in SEARCH_KEYS} | {"seq_len": seq_len, "batch_size": batch_size}
-    unknown = set(search_options or {}) - set(options)
-    if unknown:
-        raise ArgumentError(
-            f"unknown search option(s) {', '.join(sorted(unknown))}; layer-by-layer search takes "
-            f"{', '.join(options)}"
-        )
-    return options | dict(search_options or {})
+    return {k: params[k].default for k in SEARCH_KEYS} | recipe.search_settings()
+
+
+def _stream_file(directory: Path, index: int, stream: str) -> Path:
+    """Where block ``index``'s inputs of one stream (calib, search, smoothed) are offloaded."""
+    return directory / f"activations-{index:05d}-{stream}.bin"
 
 
 def _shard_name(index: int, count: int) -> str:
@@ -227,6 +213,28 @@ def _run_block(
     return outputs
 
 
+def _check_layerwise(recipe: Recipe) -> Scheme:
+    """What the layer-by-layer driver cannot do, refused in one line each before any work."""
+    scheme = recipe.resolved_scheme()
+    ct.check_exportable(scheme)
+    if scheme.needs_token_histograms:
+        raise ArgumentError(
+            f"scheme {scheme.name} clips at token quantiles measured after smoothing, which needs the "
+            "smoothed model's own activations; quantize it in memory with quantize_model instead"
+        )
+    if recipe.check_alphas:
+        raise ArgumentError(
+            "check_alphas scores the whole quantized model once per candidate alpha (a full pass over every "
+            "shard each, and the model's loss needs all blocks at once); quantize in memory to check alphas"
+        )
+    if recipe.quantize_lm_head or recipe.quantize_bmm_inputs:
+        raise ArgumentError(
+            "quantize_lm_head and quantize_bmm_inputs are in-memory options (the checkpoint format written "
+            "layer by layer quantizes the decoder blocks' linears only)"
+        )
+    return scheme
+
+
 class _Job:
     """One layer-by-layer run: everything is read and checked in ``__init__``, before the partial
     output directory is touched; :meth:`run` then does the work (see the module docstring)."""
@@ -235,46 +243,27 @@ class _Job:
         self,
         src: Path,
         calibration: Batches | None,
-        scheme: str | Scheme,
-        alpha: Alpha | Literal["auto"],
-        linear_pairs: bool | None,
-        search_options: Mapping[str, Any] | None,
+        recipe: Recipe,
         dtype: torch.dtype | None,
         device: torch.device,
-        seq_len: int | None,
-        batch_size: int,
-        num_samples: int | None,
         offload: bool,
         tokenizer: Any,
         progress: bool,
-        weight_rounding: str = "nearest",
     ) -> None:
-        self.scheme = scheme = get_scheme(scheme)
-        self.weight_rounding = check_rounding(weight_rounding, scheme.outlier_threshold)
-        ct.check_exportable(scheme)
-        if scheme.needs_token_histograms:
-            raise ArgumentError(
-                f"scheme {scheme.name} clips at token quantiles measured after smoothing, which needs the "
-                "smoothed model's own activations; quantize it in memory with quantize_model instead"
-            )
-        auto = isinstance(alpha, str)
-        if auto and alpha != "auto":
-            raise ArgumentError(f"alpha must be a number, a mapping of group ids, or 'auto'; got {alpha!r}")
-        self.linear_pairs = auto if linear_pairs is None else linear_pairs
+        self.recipe = recipe
+        self.scheme = scheme = _check_layerwise(recipe)
+        check_data(recipe, scheme, calibration)
+        self.weight_rounding = recipe.weight_rounding
+        self.linear_pairs = bool(recipe.linear_pairs)
         self.options: dict[str, Any] | None = None
-        if auto and scheme.migration == "smoothquant":
-            self.options = options = _search_options(search_options, seq_len, batch_size)
-            options["grid"] = check_options(
-                scheme,
-                options["grid"],
-                options["reference"],
-                options["num_samples"],
-                options["trial_tokens"],
-                options["error"],
-            )
-        elif auto:
+        alpha = recipe.alpha
+        if recipe.auto and scheme.migration == "smoothquant":
+            self.options = options = _search_options(recipe)
+            options["grid"] = tuple(sorted({float(a) for a in options["grid"]}))  # as check_options sorts it
+        elif recipe.auto:
             alpha = 0.5  # as quantize_model: gamma migration has no alpha
         self.alpha = alpha
+        seq_len, batch_size, num_samples = recipe.seq_len, recipe.batch_size, recipe.num_samples
         self.method = {"smoothquant": "smoothquant", "gamma": "gamma"}.get(scheme.migration)
         if not (src / "config.json").is_file():
             raise CheckpointError(f"{src} is not a checkpoint folder (no config.json)")
@@ -302,13 +291,12 @@ class _Job:
             tokenizer = transformers.AutoTokenizer.from_pretrained(src)
         self.tokenizer = tokenizer
         self.search: AlphaSearch | None = None
+        self.smoothed: list[torch.Tensor] = []  # the smoothed model's inputs of the next block
         self.checkpoint = Checkpoint(src, model)
 
         self.rows: list[torch.Tensor] = []
         search_rows: list[torch.Tensor] = []
         if scheme.needs_calibration:
-            if calibration is None:
-                raise CalibrationError(f"scheme {scheme.name} needs calibration data")
             self.rows = calibration_rows(calibration, seq_len, num_samples, vocab_size(model))
             if self.options:
                 search_rows = sequences(calibration, self.options["seq_len"])[: self.options["num_samples"]]
@@ -322,9 +310,7 @@ class _Job:
             "dtype": str(dtype),
             "device": device.type,
             "scheme": dataclasses.asdict(scheme),
-            "alpha": dict(alpha) if isinstance(alpha, Mapping) else alpha,
-            "linear_pairs": self.linear_pairs,
-            "weight_rounding": weight_rounding,
+            "recipe": recipe.to_dict(),
             "search": None if self.options is None else {**self.options, "grid": list(self.options["grid"])},
             "calibration": _rows_digest(self.rows, batch_size),
             "search_calibration": _rows_digest(search_rows, self.options["batch_size"])
@@ -342,6 +328,7 @@ class _Job:
         """Write every shard into the manifest's directory; returns (blocks reused, seconds per
         block computed, the alpha search)."""
         directory, layers, resolved, model = manifest.directory, self.layers, self.resolved, self.model
+        self.directory = directory
         parts = self._parts()
         count = len(parts) + len(layers)
 
@@ -373,9 +360,14 @@ class _Job:
                 if "search" in streams:
                     search_hidden = activations.read(directory, streams["search"], self.device, mapped=False)
             elif self.offload:
-                stream = activations.write(directory / "activations-00000-calib.bin", hidden)
+                stream = activations.write(_stream_file(directory, 0, "calib"), hidden)
                 manifest.record_inputs({"calib": stream})
                 hidden = activations.read(directory, stream, self.device, mapped=True)
+            self.smoothed = hidden  # the first block's inputs: nothing smoothed before it
+            if streams is not None and "smoothed" in streams:
+                self.smoothed = activations.read(
+                    directory, streams["smoothed"], self.device, mapped=self.offload
+                )
         release(model, parts["embeddings"])
         if "head" in parts:  # one at a time: for large vocabularies each is as big as a block
             self.checkpoint.load(model, parts["head"], self.device)
@@ -397,6 +389,7 @@ class _Job:
                 trial_tokens=self.options["trial_tokens"],
                 error=self.options["error"],
                 uniform_fallback=self.options["uniform_fallback"],
+                search_weight_scales=self.options["search_weight_scales"],
             )
             for record in manifest.layers:
                 search.restore(resolved.blocks[record["index"]], record["search"])
@@ -475,7 +468,7 @@ class _Job:
         streams: dict[str, activations.Stream] = {}
         stats, outputs, next_search = ActStats(), [], []
         if self.batches:
-            writer = None if last else activations.Writer(directory / f"activations-{i + 1:05d}-calib.bin")
+            writer = None if last else activations.Writer(_stream_file(directory, i + 1, "calib"))
             with observing(block, set(), prefix=name) as observers:
                 outputs = _run_block(block, hidden, calls, self.device, writer, keep=not self.offload)
             stats = collect(observers, {"model_type": self.model_type})
@@ -492,9 +485,7 @@ class _Job:
             next_search, record["search"] = search.step(name, block, stats, search_hidden, search_calls)
             alphas = record["search"]["alpha"]
             if not last:
-                streams["search"] = activations.write(
-                    directory / f"activations-{i + 1:05d}-search.bin", next_search
-                )
+                streams["search"] = activations.write(_stream_file(directory, i + 1, "search"), next_search)
             record["search_seconds"] = time.perf_counter() - t
         record["alpha"] = {}
         if self.method and groups:
@@ -502,13 +493,18 @@ class _Job:
                 groups, stats, alphas, compute_dtype(self.dtype), self.method
             )
         targets = {n: m for n, m in self.targets.items() if mine(n)}
-        hessians = None
-        if self.weight_rounding == "gptq" and self.batches:
-            # the smoothed block on the same inputs: its linears' inputs, as in the whole model
-            with hessian_hooks(block, targets, prefix=name) as observers:
-                _run_block(block, hidden, calls, self.device, None, keep=False)
-            hessians = hessians_of(observers)
-        replacements = quantized_replacements(targets, self.scheme, stats, set(), hessians=hessians)
+        clip, hessians = self._smoothed_pass(i, block, targets, stats, calls, streams)
+        record["input_clip"] = clip
+        searched = self.recipe.ranges == "search" and hessians is not None
+        replacements = quantized_replacements(
+            targets,
+            self.scheme,
+            stats,
+            set(),
+            hessians=hessians,
+            search_weight_scales=searched,
+            input_clip=clip,
+        )
         for n, m in replacements.items():
             set_submodule(self.model, n, m)
             self.targets[n].to("meta")  # the float linear it replaces (still referenced here)
@@ -520,7 +516,43 @@ class _Job:
             outputs = activations.read(directory, streams["calib"], self.device, mapped=True)
         return outputs, next_search, record
 
-    def finish(self, manifest: Manifest, recipe: dict[str, Any] | None) -> dict[str, float | None]:
+    def _smoothed_pass(
+        self,
+        i: int,
+        block: nn.Module,
+        targets: dict[str, nn.Module],
+        stats: ActStats,
+        calls: list[BlockCall],
+        streams: dict[str, activations.Stream],
+    ) -> tuple[dict[str, float], dict[str, torch.Tensor] | None]:
+        """The passes over the smoothed floating-point model: searched input ranges (static schemes)
+        and GPTQ's Hessians. In memory they run the whole smoothed model, so each block sees the
+        outputs of the *smoothed* blocks before it (equal to the unsmoothed ones up to rounding,
+        which GPTQ and the range search can tell apart): that stream is kept beside the
+        calibration stream and advanced here."""
+        clip_wanted = self.recipe.ranges == "search" and not self.scheme.inputs.dynamic
+        gptq = self.weight_rounding == "gptq"
+        if not self.batches or not (clip_wanted or gptq):
+            return {}, None
+        name, last = self.resolved.blocks[i], i == len(self.layers) - 1
+        clip = (
+            {n: _ClipError(float(stats.inputs[n].max()), CLIP_GRID) for n in targets} if clip_wanted else {}
+        )
+        writer = None if last else activations.Writer(_stream_file(self.directory, i + 1, "smoothed"))
+        with (
+            hooked(block, clip, prefix=name),
+            hessian_hooks(block, targets if gptq else [], prefix=name) as obs,
+        ):
+            outputs = _run_block(block, self.smoothed, calls, self.device, writer, keep=not self.offload)
+        if writer is not None:
+            streams["smoothed"] = writer.close()
+            if self.offload:
+                outputs = activations.read(self.directory, streams["smoothed"], self.device, mapped=True)
+        self.smoothed = outputs
+        factors = {n: CLIP_GRID[int(o.errors.argmin())] for n, o in clip.items()}
+        return factors, hessians_of(obs) if gptq else None
+
+    def finish(self, manifest: Manifest, record: dict[str, Any] | None) -> dict[str, float | None]:
         """Index, config, tokenizer and recipe beside the shards; returns the alphas applied."""
         directory = manifest.directory
         records = [*manifest.outside.values(), *manifest.layers]
@@ -536,6 +568,7 @@ class _Job:
         if self.scheme.needs_calibration:
             tokens = sum(b.numel() for b in self.batches)
             stats = ActStats(meta={"num_tokens": tokens, "num_sequences": len(self.rows)})
+        clip = {k: v for r in manifest.layers for k, v in r.get("input_clip", {}).items()}
         result = QuantizationResult(
             self.model,
             self.scheme,
@@ -546,9 +579,13 @@ class _Job:
             self.linear_pairs,
             self.search,
             self.weight_rounding,
+            self.recipe.ranges,
+            {n: clip[n] for n in self.targets if n in clip},
+            None,
+            self.recipe,
         )
         base = result.recipe()
-        extra = dict(recipe or {})
+        extra = dict(record or {})
         if isinstance(extra.get("calibration"), dict) and base.get("calibration"):
             extra["calibration"] = {**extra["calibration"], **base["calibration"]}
         full = recipe_record(len(self.targets), base, extra)
@@ -566,59 +603,44 @@ def quantize_checkpoint(
     src: str | os.PathLike,
     out_dir: str | os.PathLike,
     calibration: Batches | None,
-    scheme: str | Scheme = "w8a8",
-    alpha: Alpha | Literal["auto"] = 0.5,
+    recipe: Recipe | str | Scheme | None = None,
+    alpha: Alpha | str | None = None,
     *,
-    linear_pairs: bool | None = None,
-    search_options: Mapping[str, Any] | None = None,
     dtype: torch.dtype | None = None,
     device: str | torch.device = "cpu",
-    seq_len: int | None = 512,
-    batch_size: int = 1,
-    num_samples: int | None = None,
     offload_activations: bool = False,
     tokenizer: Any = None,
-    recipe: dict[str, Any] | None = None,
+    record: dict[str, Any] | None = None,
     force: bool = False,
-    weight_rounding: str = "nearest",
     progress: bool = True,
+    **settings: Any,
 ) -> LayerwiseSummary:
     """Quantize the safetensors checkpoint folder ``src`` one decoder block at a time and write a
     compressed-tensors checkpoint to ``out_dir``: the same tensors as
-    ``save_quantized(quantize_model(model, calibration, scheme, alpha, ...))`` would write for the
-    model loaded in ``dtype``, in the memory of about one block plus the calibration activations.
+    ``save_quantized(quantize_model(model, calibration, recipe))`` would write for the model
+    loaded in ``dtype``, in the memory of about one block plus the calibration activations.
 
-    Arguments are those of :func:`quantize_model` (``calibration``, ``scheme``, ``alpha`` including
-    ``"auto"``, ``linear_pairs``, ``search_options``, ``seq_len``, ``batch_size``, ``num_samples``,
-    ``weight_rounding``: GPTQ's Hessians are measured per block, one block's at a time)
-    and :func:`save_quantized` (``tokenizer``, by default the one in ``src`` if any; ``recipe``
-    entries, a ``"calibration"`` entry being merged with the measured counts; ``force``).
-    ``dtype``: the dtype to compute and write floats in (default: the checkpoint's). ``device``:
-    where blocks compute. ``offload_activations``: keep the hidden states between blocks in a
-    memory-mapped file instead of memory.
+    ``recipe`` (and ``alpha``, keyword settings) as :func:`quantize_model` takes them; every
+    stage runs per block on the cached block inputs: calibration, the alpha search, smoothing,
+    searched ranges and GPTQ's Hessians (one block's at a time). ``check_alphas``, ``quantize_lm_head``
+    and ``quantize_bmm_inputs`` are refused (they need the whole model). ``tokenizer``: by default
+    the one in ``src`` if any; ``record``: more ``smoothquant_recipe.json`` entries, a ``"calibration"``
+    entry being merged with the measured counts; ``force`` as for :func:`save_quantized`.
+    ``dtype``: the dtype to compute and write floats in (default: the recipe's, else the
+    checkpoint's). ``device``: where blocks compute. ``offload_activations``: keep the hidden states
+    between blocks in a memory-mapped file instead of memory.
 
     An interrupted run leaves its finished blocks in ``.<name>.partial`` beside ``out_dir``;
     running the same call again verifies them and continues after the last one.
     """
+    recipe = as_recipe(recipe, settings if alpha is None else {**settings, "alpha": alpha})
+    if dtype is None and recipe.dtype is not None:
+        dtype = getattr(torch, recipe.dtype)
     start = time.perf_counter()
     src, target = Path(src), Path(out_dir).absolute()
     check_output(target, force)
     job = _Job(
-        src,
-        calibration,
-        scheme,
-        alpha,
-        linear_pairs,
-        search_options,
-        dtype,
-        torch.device(device),
-        seq_len,
-        batch_size,
-        num_samples,
-        offload_activations,
-        tokenizer,
-        progress,
-        weight_rounding,
+        src, calibration, recipe, dtype, torch.device(device), offload_activations, tokenizer, progress
     )
     partial = target.parent / f".{target.name}.partial"
     existing = sum(p.stat().st_size for p in partial.iterdir() if p.is_file()) if partial.is_dir() else 0
@@ -630,7 +652,7 @@ def quantize_checkpoint(
         reused, layer_seconds, job.search = job.run(manifest)
         seconds["layers"] = time.perf_counter() - t
         t = time.perf_counter()
-        applied = job.finish(manifest, recipe)
+        applied = job.finish(manifest, record)
         manifest.close(remove=True)
         publish(partial, target, force=force)
         seconds["finish"] = time.perf_counter() - t
