@@ -256,11 +256,15 @@ def check_data(recipe: Recipe, scheme: Scheme, calibration: object, stats: objec
     if recipe.ranges == "search" and calibration is None:
         raise CalibrationError("ranges='search' measures the calibration data: pass it")
     if recipe.weight_rounding == "gptq" and calibration is None:
-        raise CalibrationError("weight_rounding='gptq' measures the calibration inputs: pass calibration data")
+        raise CalibrationError(
+            "weight_rounding='gptq' measures the calibration inputs: pass calibration data"
+        )
     if stats is None and scheme.needs_calibration and calibration is None:
         raise CalibrationError(f"scheme {scheme.name} needs calibration data (or precomputed stats)")
     if recipe.auto and scheme.migration == "smoothquant" and calibration is None:
-        raise CalibrationError("alpha='auto' searches on calibration data: pass it (stats alone are not enough)")
+        raise CalibrationError(
+            "alpha='auto' searches on calibration data: pass it (stats alone are not enough)"
+        )
 
 
 def as_recipe(recipe: Recipe | str | Scheme | None, settings: Mapping[str, Any]) -> Recipe:

@@ -96,7 +96,7 @@ def quantize_and_save(
     given as keywords (``scheme="O3", alpha="auto"``; also ``calib=`` for ``calibration`` and a
     ``torch.dtype``), or as keywords that replace fields of the Recipe given.
     """
-    recipe = _complete(as_recipe(recipe, _keywords(settings)))
+    recipe = complete_recipe(as_recipe(recipe, _keywords(settings)))
     out_dir = Path(out_dir)
     check_output(out_dir.absolute(), force)
     resolved = recipe.resolved_scheme()
@@ -146,7 +146,7 @@ def _keywords(settings: dict[str, Any]) -> dict[str, Any]:
     return settings
 
 
-def _complete(recipe: Recipe) -> Recipe:
+def complete_recipe(recipe: Recipe) -> Recipe:
     """A recipe that builds its own calibration data says which, so that it builds it again."""
     return recipe.replace(
         calibration=recipe.calibration or DEFAULT_CALIB,

@@ -26,8 +26,8 @@ from smoothquant.export import names
 from smoothquant.export.atomic import atomic_directory
 from smoothquant.export.skeleton import skeleton
 from smoothquant.nn_utils import model_dtype
-from smoothquant.recipe import QuantizationResult
 from smoothquant.quantization import FakeQuantLinear, Scheme
+from smoothquant.recipe import QuantizationResult
 
 log = logging.getLogger(__name__)
 
