@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from smoothquant.version import __version__
 
 # Public name -> the module that defines it. Importing ``smoothquant`` imports none of them (they
 # pull in torch and transformers, seconds of CPU): a name is imported on first use (PEP 562), so

@@ -85,21 +85,9 @@ def quantize_model(
         "input_clip": input_clip,
     }
     _timed(seconds, "quantize", lambda: quantize(model, scheme, smoothed, **options))
-    return QuantizationResult(
-        model,
-        scheme,
-        stats,
-        smoothed,
-        applied,
-        seconds,
-        bool(chosen.linear_pairs),
-        search,
-        recipe.weight_rounding,
-        recipe.ranges,
-        input_clip,
-        check,
-        recipe,
-    )
+    pairs, rounding = bool(chosen.linear_pairs), recipe.weight_rounding
+    done = (applied, seconds, pairs, search, rounding, recipe.ranges, input_clip, check, recipe)
+    return QuantizationResult(model, scheme, stats, smoothed, *done)
 
 
 def _alphas(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from smoothquant.errors import ExportError
 from smoothquant.export import compressed_tensors as ct
 from smoothquant.export.atomic import check_output
 from smoothquant.export.save import WEIGHTS_FILE, save_quantized
+from smoothquant.export.summary import QuantizeSummary, peak_rss
 from smoothquant.nn_utils import model_dtype
 from smoothquant.pipeline import quantize_model
 from smoothquant.quantization import FakeQuantLinear
@@ -33,37 +33,7 @@ from smoothquant.recipe import (
     as_recipe,
 )
 
-
-@dataclass
-class ExportSummary:
-    out_dir: Path
-    model: str
-    scheme: str
-    alpha: dict[str, float | None]
-    quantized_linears: int
-    bytes_before: int  # floating-point weights of the source model, at the dtype it was loaded in
-    bytes_after: int  # the checkpoint's tensors on disk
-    dtype: torch.dtype
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    def lines(self) -> list[str]:
-        alphas = sorted({a for a in self.alpha.values() if a is not None})
-        alpha = (
-            "none"
-            if not alphas
-            else f"{alphas[0]:g}"
-            if len(alphas) == 1
-            else f"{alphas[0]:g}..{alphas[-1]:g} over {len(self.alpha)} groups"
-        )
-        mb = 2**20
-        steps = ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items())
-        return [
-            f"quantized {self.quantized_linears} linears of {self.model} with {self.scheme} (alpha {alpha})",
-            f"size: {self.bytes_before / mb:.1f} MiB ({str(self.dtype).removeprefix('torch.')}) -> "
-            f"{self.bytes_after / mb:.1f} MiB ({self.bytes_before / max(self.bytes_after, 1):.2f}x smaller)",
-            f"time: {steps} (total {sum(self.seconds.values()):.1f} s)",
-            f"wrote {self.out_dir} (compressed-tensors int-quantized: vLLM, transformers, smoothquant.load)",
-        ]
+ExportSummary = QuantizeSummary  # the name it had before the layer-by-layer driver shared it
 
 
 def _float_bytes(model: nn.Module) -> int:
@@ -84,7 +54,7 @@ def quantize_and_save(
     force: bool = False,
     progress: bool = True,
     **settings: Any,
-) -> ExportSummary:
+) -> QuantizeSummary:
     """Quantize ``model`` (a name ``smoothquant.models.load_model`` understands, or a loaded model
     with its ``tokenizer``) following ``recipe`` and write a compressed-tensors checkpoint to
     ``out_dir``, with the recipe in ``smoothquant_recipe.json``: the same recipe gives the same
@@ -123,7 +93,7 @@ def quantize_and_save(
     )
     seconds["save"] = time.perf_counter() - t
     quantized = sum(1 for m in model.modules() if isinstance(m, FakeQuantLinear))
-    return ExportSummary(
+    return QuantizeSummary(
         out_dir=out_dir,
         model=name,
         scheme=resolved.name,
@@ -133,6 +103,7 @@ def quantize_and_save(
         bytes_after=(out_dir / WEIGHTS_FILE).stat().st_size,
         dtype=model_dtype(model),
         seconds=seconds,
+        peak_rss=peak_rss(),
     )
 
 

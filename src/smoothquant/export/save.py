@@ -28,6 +28,7 @@ from smoothquant.export.skeleton import skeleton
 from smoothquant.nn_utils import model_dtype
 from smoothquant.quantization import FakeQuantLinear, Scheme
 from smoothquant.recipe import QuantizationResult
+from smoothquant.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -211,8 +212,6 @@ def save_quantized(
 
 def recipe_record(quantized_linears: int, applied: dict[str, Any], extra: dict[str, Any] | None) -> dict:
     """What ``smoothquant_recipe.json`` holds: format, what was applied, and the caller's entries."""
-    from smoothquant import __version__
-
     return {
         "smoothquant_version": __version__,
         "format": f"{ct.QUANT_METHOD}/{ct.FORMAT}",
