@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import smoothquant as sq
-from smoothquant.calibration import calibrate, collect_hessians, search_input_clip
-from smoothquant.quantization import get_scheme, quantization_targets, quantize
+from smoothquant.calibration import calibrate, collect_hessians
+from smoothquant.quantization import get_scheme, quantization_targets, quantize, search_input_clip
 from smoothquant.search import search_alpha
 from smoothquant.smoothing import smooth
 from tiny_models import plant_outliers, tiny_batches, tiny_model

@@ -28,7 +28,7 @@ _EXPORTS = {
     "calibrate": "smoothquant.calibration",
     "SmoothQuantError": "smoothquant.errors",
     "load": "smoothquant.export",
-    "quantize_and_save": "smoothquant.export",
+    "quantize_and_save": "smoothquant.oneshot",
     "save_quantized": "smoothquant.export",
     "prepare_model": "smoothquant.families",
     "resolve": "smoothquant.families",
@@ -55,9 +55,10 @@ _EXPORTS = {
 if TYPE_CHECKING:  # what type checkers and IDEs see; nothing runs at import time
     from smoothquant.calibration import ActStats, calibrate
     from smoothquant.errors import SmoothQuantError
-    from smoothquant.export import load, quantize_and_save, save_quantized
+    from smoothquant.export import load, save_quantized
     from smoothquant.families import prepare_model, resolve, supported_families
     from smoothquant.layerwise import LayerwiseSummary, quantize_checkpoint
+    from smoothquant.oneshot import quantize_and_save
     from smoothquant.pipeline import quantize_model
     from smoothquant.quantization import (
         PRESETS,

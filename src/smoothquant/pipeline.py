@@ -16,9 +16,9 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-from smoothquant.calibration import ActStats, calibrate, collect_hessians, search_input_clip
+from smoothquant.calibration import ActStats, calibrate, collect_hessians
 from smoothquant.calibration.batches import Batches, sequences
-from smoothquant.quantization import Scheme, quantization_targets, quantize
+from smoothquant.quantization import Scheme, quantization_targets, quantize, search_input_clip
 from smoothquant.recipe import RANGES, QuantizationResult, Recipe, as_recipe, check_data
 from smoothquant.search import AlphaSearch, search_alpha
 from smoothquant.search.check import ModelCheck, calibration_loss, candidates, choose

@@ -76,7 +76,7 @@ def recipe_from_args(args: argparse.Namespace):
     fields, then the calibration defaults of a command that builds its own data."""
     from smoothquant.cli.flags import checked_alpha, parse_check_alphas
     from smoothquant.errors import ArgumentError
-    from smoothquant.export.oneshot import complete_recipe
+    from smoothquant.oneshot import complete_recipe
     from smoothquant.recipe import Recipe
 
     for flag, value in (("--num-samples", args.num_samples), ("--seq-len", args.seq_len)):
@@ -110,7 +110,7 @@ def _quantize(args: argparse.Namespace) -> int:
 
     check_quantize(args.model, args.output, recipe.calibration, recipe.seq_len, args.force)
     if not args.layerwise:
-        from smoothquant.export.oneshot import quantize_and_save
+        from smoothquant.oneshot import quantize_and_save
 
         print("\n".join(quantize_and_save(args.model, args.output, recipe, force=args.force).lines()))
         return 0
@@ -126,8 +126,8 @@ def _layerwise(args: argparse.Namespace, recipe):
 
     from smoothquant.data import calibration_batches
     from smoothquant.errors import ModelLoadError
-    from smoothquant.export.oneshot import source_record
     from smoothquant.layerwise import quantize_checkpoint
+    from smoothquant.oneshot import source_record
 
     folder = Path(args.model).expanduser()
     if not (folder / "config.json").is_file():

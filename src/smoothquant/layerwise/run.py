@@ -45,7 +45,6 @@ from torch import nn
 from smoothquant.calibration import ActStats
 from smoothquant.calibration.batches import Batches, make_batches, sequences
 from smoothquant.calibration.calibrate import calibration_rows, collect, hooked, observing, vocab_size
-from smoothquant.calibration.clip import CLIP_GRID, _ClipError
 from smoothquant.calibration.hessians import hessian_hooks, hessians_of
 from smoothquant.errors import ArgumentError, CheckpointError, DiskSpaceError
 from smoothquant.export import compressed_tensors as ct
@@ -72,6 +71,7 @@ from smoothquant.quantization.apply import (
     quantization_targets,
     quantized_replacements,
 )
+from smoothquant.quantization.clip import CLIP_GRID, _ClipError
 from smoothquant.recipe import SEARCH_KEYS, QuantizationResult, Recipe, as_recipe, check_data
 from smoothquant.search.alpha import (
     AlphaSearch,

@@ -33,8 +33,6 @@ from smoothquant.recipe import (
     as_recipe,
 )
 
-ExportSummary = QuantizeSummary  # the name it had before the layer-by-layer driver shared it
-
 
 def _float_bytes(model: nn.Module) -> int:
     seen, total = set(), 0
