@@ -14,41 +14,33 @@ MAX_LINES = 60
 # issue's: it moves into evaluation/)
 TOP_FLOORS = ["pipeline.py", "oneshot.py", "recipe.py", "layerwise", "export", "cli", "evaluation/runner.py"]
 NOT_YET = {"cli/demo.py"}
-# package -> packages above it, which it must not import (at module level or inside a function)
-ABOVE = {
-    "calibration": [
-        "quantization",
-        "smoothing",
-        "search",
-        "export",
-        "layerwise",
-        "pipeline",
-        "oneshot",
-        "cli",
-    ],
-    "quantization": ["smoothing", "search", "export", "layerwise", "pipeline", "oneshot", "cli"],
-    "smoothing": ["search", "export", "layerwise", "pipeline", "oneshot", "cli"],
-    "search": ["export", "layerwise", "pipeline", "oneshot", "cli", "evaluation"],
-    "export": ["layerwise", "pipeline", "oneshot", "cli", "evaluation"],
-    "layerwise": ["pipeline", "oneshot", "cli", "evaluation"],
-    "families": [
-        "calibration",
-        "quantization",
-        "smoothing",
-        "search",
-        "export",
-        "layerwise",
-        "pipeline",
-        "cli",
-    ],
-}
+# the floors, lowest first: a package must not import one after it (at module level or inside a
+# function); data flows model -> statistics -> smoothing -> quantized model -> checkpoint
+FLOORS = [
+    "families",
+    "calibration",
+    "quantization",
+    "smoothing",
+    "search",
+    "export",
+    "layerwise",
+    "pipeline",
+    "oneshot",
+    "evaluation",
+    "cli",
+]
+ABOVE = {p: FLOORS[i + 1 :] for i, p in enumerate(FLOORS[:-1])}
 
 
 def _files(parts: list[str]) -> list[Path]:
     out = []
     for part in parts:
         path = SRC / part
-        out += sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        out += (
+            sorted(path.rglob("*.py"))
+            if path.is_dir()
+            else [path if path.suffix else path.with_suffix(".py")]
+        )
     return [f for f in out if str(f.relative_to(SRC)) not in NOT_YET]
 
 
