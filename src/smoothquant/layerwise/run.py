@@ -259,7 +259,7 @@ class _Job:
         self.layers = model.get_submodule(self.resolved.layers_path)
         self.targets = quantization_targets(model, resolved=self.resolved)
         check_layout(model, self.targets)
-        for warning in vllm_caveats(self.scheme, list(self.targets)):
+        for warning in vllm_caveats(self.scheme, list(self.targets), self.model_type):
             log.warning(warning)
         self.config = checkpoint_config(model, self.scheme, float_linears(model, self.targets))
         self.generation_config = getattr(model, "generation_config", None)
