@@ -193,9 +193,6 @@ class Recipe:
         values = dict(data)
         if isinstance(values.get("check_alphas"), list):
             values["check_alphas"] = tuple(values["check_alphas"])
-        options = values.get("search_options") or {}
-        if isinstance(options.get("grid"), list):
-            values["search_options"] = {**options, "grid": tuple(options["grid"])}
         return cls(**values)
 
     @classmethod
@@ -217,6 +214,8 @@ class Recipe:
 def _checked_search(scheme: Scheme, options: Mapping[str, Any] | None, auto: bool) -> dict[str, Any]:
     """The search's options, checked before any work (the grid sorted, as the search sorts it)."""
     options = dict(options or {})
+    if isinstance(options.get("grid"), list):
+        options["grid"] = tuple(options["grid"])  # as JSON gives it back: equal recipes compare equal
     unknown = sorted(set(options) - set(SEARCH_KEYS))
     if unknown:
         raise ArgumentError(
