@@ -11,11 +11,15 @@ depth of the model:
 2. per block: its weights are read from the shards; it runs on the cached hidden states with the
    observers of :func:`calibrate` (statistics of this block) and its outputs become the next
    block's inputs; its groups are smoothed (``smooth_groups``, or the alphas the block step of
-   :func:`search_alpha` chooses with ``alpha="auto"``), its linears quantized
-   (``quantized_replacements``), its tensors written as one shard of the compressed-tensors
+   :func:`search_alpha` chooses with ``alpha="auto"``); with GPTQ or searched ranges the smoothed
+   block runs once more on a second stream, the outputs of the smoothed blocks before it (what
+   the in-memory passes over the smoothed model see), for its Hessians and clip errors; its
+   linears are quantized (``quantized_replacements``), its tensors written as one shard of the compressed-tensors
    checkpoint (``checkpoint_tensors``), and its memory released.
 
-Every step is the in-memory pipeline's own code applied to one block, and each block computes on
+It follows the same :class:`~smoothquant.recipe.Recipe` as ``quantize_model``, refusing in one
+line what needs the whole model (``check_alphas``, lm_head/BMM quantization, token-quantile
+schemes). Every step is the in-memory pipeline's own code applied to one block, and each block computes on
 the same inputs with the same batches as inside the full model's forward, so the checkpoint holds
 the same tensors, bit for bit, as ``quantize_model`` + ``save_quantized`` (only the sharding
 differs). The output appears atomically when complete; an interrupted run resumes
