@@ -114,10 +114,18 @@ def test_searched_ranges_clip_scales_and_are_recorded(tiny_checkpoint, capsys, t
     assert recipe["ranges"] == "search" and recipe["input_clip"]
     assert all(0.5 <= c <= 1.0 for c in recipe["input_clip"].values())
     assert sq.load(out, backend=None).model.layers[1].mlp.down_proj.input_scale is not None
+    # layer by layer: the same searched ranges, the same tensors
     code, _, stderr = _run(
         [*args[:3], str(tmp_path / "lw"), *args[4:], "--ranges", "search", "--layerwise"], capsys
     )
-    assert code == 2 and "--layerwise" in stderr and "Traceback" not in stderr
+    assert code == 0, stderr
+    ours, theirs = sq.load(tmp_path / "lw", backend=None), sq.load(out, backend=None)
+    for (name, a), (_, b) in zip(ours.state_dict().items(), theirs.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    assert (
+        json.loads((tmp_path / "lw" / "smoothquant_recipe.json").read_text())["input_clip"]
+        == recipe["input_clip"]
+    )
 
 
 def test_check_alphas_are_recorded_and_refused_without_auto(tiny_checkpoint, capsys, tmp_path):
@@ -189,3 +197,55 @@ def test_layerwise_writes_the_same_checkpoint(tiny_checkpoint, capsys, tmp_path,
     assert (tmp_path / "lw" / "tokenizer.json").is_file()
     code, _, stderr = _run(["quantize", model, "-o", str(tmp_path / "x"), "--device", "cpu"], capsys)
     assert code == 2 and "need --layerwise" in stderr
+
+
+def test_recipe_reproduces_the_checkpoint_byte_for_byte(tiny_checkpoint, capsys, tmp_path):
+    """quantize, then quantize again from the written recipe (no other flag): the same bytes."""
+    model = str(tiny_checkpoint / "model")
+    first = [
+        "quantize",
+        model,
+        "-o",
+        str(tmp_path / "a"),
+        "--scheme",
+        "o3",
+        "--alpha",
+        "auto",
+        "--rounding",
+        "gptq",
+    ]
+    first += ["--ranges", "search", "--calib", str(tiny_checkpoint / "calib.txt"), "--num-samples", "3"]
+    code, _, stderr = _run([*first, "--seq-len", "24", "--dtype", "float32"], capsys)
+    assert code == 0, stderr
+    code, _, stderr = _run(
+        ["quantize", model, "-o", str(tmp_path / "b"), "--recipe", str(tmp_path / "a")], capsys
+    )
+    assert code == 0, stderr
+    for name in ("model.safetensors", "config.json", "tokenizer.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    a, b = (json.loads((tmp_path / d / "smoothquant_recipe.json").read_text()) for d in "ab")
+    assert a["recipe"] == b["recipe"] and a["recipe"]["seq_len"] == 24 and a["recipe"]["alpha"] == "auto"
+    assert sq.Recipe.from_dict(a) == sq.Recipe.from_file(tmp_path / "b")
+    # a flag beside --recipe replaces that one setting
+    code, _, stderr = _run(
+        ["quantize", model, "-o", str(tmp_path / "c"), "--recipe", str(tmp_path / "a"), "--alpha", "0.6"],
+        capsys,
+    )
+    assert code == 0, stderr
+    c = json.loads((tmp_path / "c" / "smoothquant_recipe.json").read_text())["recipe"]
+    assert c == {**a["recipe"], "alpha": 0.6, "linear_pairs": True}
+    code, _, stderr = _run(
+        ["quantize", model, "-o", str(tmp_path / "d"), "--recipe", str(tmp_path / "no")], capsys
+    )
+    assert code == 2 and "cannot read the recipe" in stderr and "Traceback" not in stderr
+
+
+def test_alpha_per_group_pattern_is_accepted(tiny_checkpoint, capsys, tmp_path):
+    out = tmp_path / "q"
+    args = ["quantize", str(tiny_checkpoint / "model"), "-o", str(out), "--alpha", "*.mlp_in=0.85,*=0.5"]
+    calib = ["--calib", str(tiny_checkpoint / "calib.txt"), "--num-samples", "2", "--seq-len", "16"]
+    code, stdout, stderr = _run([*args, *calib], capsys)
+    assert code == 0, stderr
+    alphas = json.loads((out / "smoothquant_recipe.json").read_text())["alpha"]
+    assert alphas["model.layers.1.mlp_in"] == 0.85 and alphas["model.layers.1.attn_in"] == 0.5
+    assert "alpha 0.5..0.85" in stdout

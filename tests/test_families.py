@@ -176,3 +176,35 @@ def test_cli_lists_families_and_schemes(capsys) -> None:
     assert "mixtral" in out and "gemma3_text" in out
     assert main(["schemes"]) == 0
     assert "outlier-suppression" in capsys.readouterr().out
+
+
+def test_disk_names_and_fused_layers_come_from_the_family_tables() -> None:
+    """Renames and fused-on-disk linears are table data: GPT-2's fused c_attn is found like
+    Phi-3's qkv_proj, and per-tensor weights of such layers get the vLLM caveat."""
+    from smoothquant.export import names
+    from smoothquant.export.save import vllm_caveats
+    from smoothquant.quantization import get_scheme
+
+    assert names.to_disk("model.layers.0.mlp.experts.3.w1.weight", "mixtral") == (
+        "model.layers.0.block_sparse_moe.experts.3.w1.weight"
+    )
+    assert (
+        names.to_disk("model.layers.0.mlp.gate.weight", "mixtral")
+        == "model.layers.0.block_sparse_moe.gate.weight"
+    )
+    assert (
+        names.to_disk("model.layers.0.mlp.experts.3.w1.weight", "llama")
+        == "model.layers.0.mlp.experts.3.w1.weight"
+    )
+    gpt2 = ["transformer.h.0.attn.c_attn", "transformer.h.0.attn.c_proj", "transformer.h.0.mlp.c_fc"]
+    assert names.fused_on_disk(gpt2, "gpt2") == ["transformer.h.0.attn.c_attn"]
+    phi3 = [
+        "model.layers.1.self_attn.qkv_proj",
+        "model.layers.1.self_attn.o_proj",
+        "model.layers.1.mlp.gate_up_proj",
+    ]
+    assert names.fused_on_disk(phi3, "phi3") == [phi3[0], phi3[2]]
+    assert names.fused_on_disk(phi3, "llama") == [] and names.fused_on_disk(phi3, "nope") == []
+    caveats = vllm_caveats(get_scheme("O3"), gpt2, "gpt2")
+    assert len(caveats) == 1 and caveats[0].startswith("transformer.h.0.attn.c_attn and 0 more")
+    assert vllm_caveats(get_scheme("w8a8"), gpt2, "gpt2") == []  # per-channel weights: one scale per row

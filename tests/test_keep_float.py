@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 import smoothquant as sq
-from smoothquant.calibration import collect_hessians, search_input_clip
+from smoothquant.calibration import collect_hessians
 from smoothquant.errors import QuantizationError
 from smoothquant.pipeline import QuantizationResult
-from smoothquant.quantization import get_scheme, quantization_targets
+from smoothquant.quantization import get_scheme, quantization_targets, search_input_clip
 from tiny_models import tiny_batches, tiny_model
 
 KEPT = "model.layers.1.mlp.down_proj"

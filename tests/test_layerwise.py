@@ -99,6 +99,37 @@ def test_same_checkpoint_as_in_memory(tmp_path, family, scheme, alpha):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["layerwise", "memory", "src"]  # no leftovers
 
 
+@pytest.mark.parametrize("scheme", ["w8a8", "O1", "O3"])
+def test_every_stage_layer_by_layer_gives_the_in_memory_checkpoint(tmp_path, scheme):
+    """alpha auto, GPTQ and searched ranges (static input ranges on O3, weight scales on all):
+    the same recipe, the same bytes either way."""
+    src = _write_source(tmp_path / "src", "llama")
+    recipe = sq.Recipe(
+        scheme, "auto", weight_rounding="gptq", ranges="search", seq_len=16, search_options=SEARCH
+    )
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    result = sq.quantize_model(model, DATA, recipe, progress=False)
+    sq.save_quantized(result, tmp_path / "memory")
+    summary = sq.quantize_checkpoint(
+        src, tmp_path / "layerwise", DATA, recipe, dtype=torch.float32, progress=False
+    )
+    _assert_same_checkpoint(tmp_path / "memory", tmp_path / "layerwise")
+    written = _json(tmp_path / "layerwise", RECIPE_FILE)
+    assert sq.Recipe.from_dict(written) == recipe and written["ranges"] == "search"
+    assert bool(written["input_clip"]) == (scheme == "O3")  # dynamic inputs have no range to clip
+    assert summary.search is not None and written["weight_rounding"] == "gptq"
+
+
+def test_whole_model_stages_are_refused_layer_by_layer_in_one_line(tmp_path):
+    src = _write_source(tmp_path / "src", "llama")
+    with pytest.raises(SmoothQuantError, match="check alphas") as e:
+        _layerwise(src, tmp_path / "q", "O1", "auto", check_alphas=True)
+    assert "\n" not in str(e.value)
+    with pytest.raises(SmoothQuantError, match="in-memory options"):
+        _layerwise(src, tmp_path / "q", quantize_lm_head=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA-only: --device cuda needs a CUDA GPU")
 @pytest.mark.parametrize(("scheme", "alpha"), [("w8a8", 0.5), ("O3", "auto")])
 def test_same_checkpoint_as_in_memory_on_cuda(tmp_path, scheme, alpha):

@@ -237,10 +237,6 @@ def test_unreadable_calibration_file(tmp_path):
         check_quantize("smollm2-135m", tmp_path / "out", str(tmp_path / "latin1.txt"), 512)
 
 
-@pytest.mark.skip(
-    reason="needs cli glue: in cli/quantize.py _quantize, before quantize_and_save: "
-    "check_quantize(args.model, args.output, args.calib or DEFAULT_CALIB, args.seq_len, args.force)"
-)
 def test_cli_checks_the_calibration_file_before_loading(tmp_path, capsys, monkeypatch):
     (tmp_path / "calib.txt").symlink_to("/proc/self/mem")
     loads = []
@@ -267,7 +263,7 @@ def test_seq_len_beyond_the_model_positions(model_copy, tmp_path, tiny_checkpoin
         check_quantize(str(model_copy), tmp_path / "out", str(tmp_path / "calib.txt"), positions + 1)
     with pytest.raises(ArgumentError, match=r"far longer than calibration needs.*use --seq-len 512"):
         check_seq_len(100000, None, "m")
-    # without the pre-flight glue the CLI still refuses it, at calibration, before the forward pass
+    # the CLI refuses it in its pre-flight checks, before loading the model
     before = _tree(model_copy)
     code, err = _quantize_cli(
         model_copy, tmp_path / "out", capsys, "--seq-len", str(positions + 1), "--num-samples", "1"
@@ -278,8 +274,8 @@ def test_seq_len_beyond_the_model_positions(model_copy, tmp_path, tiny_checkpoin
         tmp_path / "out",
         before,
         model_copy,
-        f"longer than the model's {positions} positions",
-        "--seq-len",
+        f"--seq-len {positions + 1} is longer than",
+        f"{positions} positions",
     )
 
 

@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 import smoothquant as sq
-from smoothquant.calibration import calibrate, search_input_clip
-from smoothquant.calibration.clip import CLIP_GRID
+from smoothquant.calibration import calibrate
 from smoothquant.errors import ArgumentError, CalibrationError, QuantizationError
-from smoothquant.quantization import WeightQuant
+from smoothquant.quantization import WeightQuant, search_input_clip
+from smoothquant.quantization.clip import CLIP_GRID
 from smoothquant.quantization.gptq import SCALE_GRID, search_scale
 from smoothquant.quantization.quantizer import round_clamp, weight_scale
 from tiny_models import tiny_batches, tiny_model

@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from smoothquant.version import __version__
 
 # Public name -> the module that defines it. Importing ``smoothquant`` imports none of them (they
 # pull in torch and transformers, seconds of CPU): a name is imported on first use (PEP 562), so
@@ -28,14 +28,15 @@ _EXPORTS = {
     "calibrate": "smoothquant.calibration",
     "SmoothQuantError": "smoothquant.errors",
     "load": "smoothquant.export",
-    "quantize_and_save": "smoothquant.export",
+    "quantize_and_save": "smoothquant.oneshot",
     "save_quantized": "smoothquant.export",
     "prepare_model": "smoothquant.families",
     "resolve": "smoothquant.families",
     "supported_families": "smoothquant.families",
     "LayerwiseSummary": "smoothquant.layerwise",
     "quantize_checkpoint": "smoothquant.layerwise",
-    "QuantizationResult": "smoothquant.pipeline",
+    "QuantizationResult": "smoothquant.recipe",
+    "Recipe": "smoothquant.recipe",
     "quantize_model": "smoothquant.pipeline",
     "PRESETS": "smoothquant.quantization",
     "ActQuant": "smoothquant.quantization",
@@ -54,10 +55,11 @@ _EXPORTS = {
 if TYPE_CHECKING:  # what type checkers and IDEs see; nothing runs at import time
     from smoothquant.calibration import ActStats, calibrate
     from smoothquant.errors import SmoothQuantError
-    from smoothquant.export import load, quantize_and_save, save_quantized
+    from smoothquant.export import load, save_quantized
     from smoothquant.families import prepare_model, resolve, supported_families
     from smoothquant.layerwise import LayerwiseSummary, quantize_checkpoint
-    from smoothquant.pipeline import QuantizationResult, quantize_model
+    from smoothquant.oneshot import quantize_and_save
+    from smoothquant.pipeline import quantize_model
     from smoothquant.quantization import (
         PRESETS,
         ActQuant,
@@ -67,6 +69,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; nothing runs at import tim
         get_scheme,
         quantize,
     )
+    from smoothquant.recipe import QuantizationResult, Recipe
     from smoothquant.runtime import convert
     from smoothquant.search import AlphaSearch, alphas_from_recipe, search_alpha
     from smoothquant.smoothing import smooth
@@ -97,6 +100,7 @@ __all__ = [
     "FakeQuantLinear",
     "LayerwiseSummary",
     "QuantizationResult",
+    "Recipe",
     "Scheme",
     "SmoothQuantError",
     "WeightQuant",

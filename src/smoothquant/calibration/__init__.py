@@ -1,9 +1,8 @@
 """Calibration: model + data -> per-channel activation statistics (and, for GPTQ rounding, the
-inputs' ``X^T X``; for searched ranges, each static input's best clip factor)."""
+inputs' ``X^T X``). Searched input ranges, which quantize, are in :mod:`smoothquant.quantization.clip`."""
 
 from smoothquant.calibration.calibrate import calibrate
-from smoothquant.calibration.clip import search_input_clip
 from smoothquant.calibration.hessians import collect_hessians
 from smoothquant.calibration.stats import ActStats
 
-__all__ = ["ActStats", "calibrate", "collect_hessians", "search_input_clip"]
+__all__ = ["ActStats", "calibrate", "collect_hessians"]

@@ -22,7 +22,7 @@ COMMANDS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from smoothquant import __version__
+    from smoothquant.version import __version__
 
     parser = argparse.ArgumentParser(
         prog="smoothquant",

@@ -1,15 +1,32 @@
-"""``smoothquant quantize MODEL -o DIR``: the one command from a float model to a servable checkpoint."""
+"""``smoothquant quantize MODEL -o DIR``: the one command from a float model to a servable checkpoint.
+
+The flags are a thin mapping onto a :class:`~smoothquant.recipe.Recipe` (``--recipe FILE`` reads
+one, e.g. a checkpoint's ``smoothquant_recipe.json``; flags given beside it replace its fields), so
+the command line, the library and the written checkpoint name every setting the same way.
+"""
 
 from __future__ import annotations
 
 import argparse
 
-EXPORTABLE_SCHEMES = ("w8a8", "O1", "O2", "O3")
-DTYPES = ("float32", "bfloat16", "float16")
+from smoothquant.recipe import EXPORTABLE_SCHEMES
+
+# flag destination -> Recipe field (the flags without a default: given or not)
+RECIPE_FLAGS = {
+    "scheme": "scheme",
+    "alpha": "alpha",
+    "rounding": "weight_rounding",
+    "ranges": "ranges",
+    "check_alphas": "check_alphas",
+    "calib": "calibration",
+    "num_samples": "num_samples",
+    "seq_len": "seq_len",
+    "dtype": "dtype",
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from smoothquant.cli.evaluate import add_check_alphas
+    from smoothquant.cli.flags import add_recipe_args
 
     p = sub.add_parser(
         "quantize",
@@ -22,48 +39,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("-o", "--output", required=True, help="output directory (must not exist unless --force)")
     p.add_argument(
+        "--recipe",
+        help="a recipe JSON file, or a checkpoint folder whose smoothquant_recipe.json to follow (the same "
+        "model and recipe give the same checkpoint); flags given beside it replace its settings",
+    )
+    p.add_argument(
         "--scheme",
-        default="w8a8",
+        default=None,
         type=str.lower,
         choices=[s.lower() for s in EXPORTABLE_SCHEMES],
         help="w8a8: per-channel W, per-token A (default, vLLM's int8 path); O1/O2/O3: per-tensor W with "
         "per-token / per-tensor dynamic / per-tensor static A (O2 does not run in vLLM)",
     )
-    p.add_argument(
-        "--alpha",
-        default="0.5",
-        help="migration strength in [0, 1] (default 0.5), or 'auto' to search it per smoothing group "
-        "(linear -> linear groups included) on the calibration data",
-    )
-    p.add_argument(
-        "--calib",
-        default=None,
-        help="calibration text: wiki-gensim (default), wikitext2, austen, a .txt/.jsonl file or a WikiText-style "
-        "folder; only its calibration split is used",
-    )
-    p.add_argument(
-        "--rounding",
-        default="nearest",
-        choices=["nearest", "gptq"],
-        help="weight rounding: to nearest (default), or gptq: each linear's output error on the calibration "
-        "data minimised (one more calibration pass; same format)",
-    )
-    p.add_argument(
-        "--ranges",
-        default="absmax",
-        choices=["absmax", "search"],
-        help="quantization ranges: the calibrated absmax (default), or search: per linear, static input ranges "
-        "and (with --rounding gptq) weight scales clipped where that lowers the calibration error",
-    )
-    add_check_alphas(p)
-    p.add_argument("--num-samples", type=int, default=64, help="calibration sequences (default 64)")
-    p.add_argument("--seq-len", type=int, default=512, help="tokens per calibration sequence (default 512)")
-    p.add_argument(
-        "--dtype",
-        default="float32",
-        choices=DTYPES,
-        help="dtype to load and calibrate in, and of the float tensors written",
-    )
+    add_recipe_args(p)
     p.add_argument(
         "--format", default="compressed-tensors", choices=["compressed-tensors"], help="checkpoint format"
     )
@@ -83,73 +71,64 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_quantize)
 
 
-def _alpha(text: str) -> float | str:
+def recipe_from_args(args: argparse.Namespace):
+    """The Recipe the flags say: ``--recipe``'s (or the defaults), the flags given replacing its
+    fields, then the calibration defaults of a command that builds its own data."""
+    from smoothquant.cli.flags import checked_alpha, parse_check_alphas
     from smoothquant.errors import ArgumentError
+    from smoothquant.oneshot import complete_recipe
+    from smoothquant.recipe import Recipe
 
-    if text.strip().lower() == "auto":
-        return "auto"
-    try:
-        value = float(text)
-    except ValueError:
-        raise ArgumentError(f"--alpha must be a number in [0, 1] or 'auto', got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise ArgumentError(f"--alpha must be in [0, 1], got {value}")
-    return value
+    for flag, value in (("--num-samples", args.num_samples), ("--seq-len", args.seq_len)):
+        if value is not None and value < 1:
+            raise ArgumentError(f"{flag} must be at least 1, got {value}")
+    base = Recipe.from_file(args.recipe) if args.recipe else None
+    given = {RECIPE_FLAGS[k]: getattr(args, k) for k in RECIPE_FLAGS if getattr(args, k) is not None}
+    if "alpha" in given:
+        given["alpha"] = checked_alpha(given["alpha"])
+    alpha = given.get("alpha", base.alpha if base else 0.5)
+    if "check_alphas" in given:
+        given["check_alphas"] = parse_check_alphas(given["check_alphas"], alpha)
+    elif base is not None and base.check_alphas and alpha != "auto":
+        given["check_alphas"] = ()  # a recipe's check of "auto" does not carry over to a given alpha
+    recipe = base.replace(**given) if base else Recipe(**given)
+    return complete_recipe(recipe)
 
 
 def _quantize(args: argparse.Namespace) -> int:
-    import torch
-
-    from smoothquant.cli.evaluate import parse_check_alphas
     from smoothquant.errors import ArgumentError
-    from smoothquant.export.oneshot import DEFAULT_CALIB, quantize_and_save
 
-    for flag, value in (("--num-samples", args.num_samples), ("--seq-len", args.seq_len)):
-        if value < 1:
-            raise ArgumentError(f"{flag} must be at least 1, got {value}")
-    alpha = _alpha(args.alpha)
-    check = parse_check_alphas(args.check_alphas, alpha)
-    if args.layerwise and check:
-        raise ArgumentError("--check-alphas is not implemented with --layerwise; drop one of them")
-    if args.layerwise and args.ranges != "absmax":
-        raise ArgumentError("--ranges search is not implemented with --layerwise yet; drop one of them")
-    if not args.layerwise:
-        if args.offload_activations or args.device:
-            raise ArgumentError("--offload-activations and --device need --layerwise")
-        summary = quantize_and_save(
-            args.model,
-            args.output,
-            scheme=args.scheme,
-            alpha=alpha,
-            calib=args.calib or DEFAULT_CALIB,
-            num_samples=args.num_samples,
-            seq_len=args.seq_len,
-            dtype=getattr(torch, args.dtype),
-            force=args.force,
-            weight_rounding=args.rounding,
-            ranges=args.ranges,
-            check_alphas=check,
+    recipe = recipe_from_args(args)
+    if args.layerwise and recipe.check_alphas:
+        raise ArgumentError(
+            "--check-alphas is not available with --layerwise: it scores the whole quantized model once per "
+            "candidate alpha; drop one of them"
         )
-        print("\n".join(summary.lines()))
+    if not args.layerwise and (args.offload_activations or args.device):
+        raise ArgumentError("--offload-activations and --device need --layerwise")
+    from smoothquant.preflight import check_quantize
+
+    check_quantize(args.model, args.output, recipe.calibration, recipe.seq_len, args.force)
+    if not args.layerwise:
+        from smoothquant.oneshot import quantize_and_save
+
+        print("\n".join(quantize_and_save(args.model, args.output, recipe, force=args.force).lines()))
         return 0
-    print("\n".join(_layerwise(args, alpha).lines()))
+    print("\n".join(_layerwise(args, recipe).lines()))
     return 0
 
 
-def _layerwise(args: argparse.Namespace, alpha: float):
+def _layerwise(args: argparse.Namespace, recipe):
     """``--layerwise``: the same calibration data and recipe as the in-memory path."""
     from pathlib import Path
 
-    import torch
     from transformers import AutoTokenizer
 
     from smoothquant.data import calibration_batches
     from smoothquant.errors import ModelLoadError
-    from smoothquant.export.atomic import check_output
-    from smoothquant.export.oneshot import DEFAULT_CALIB
     from smoothquant.layerwise import quantize_checkpoint
+    from smoothquant.oneshot import source_record
 
-    check_output(Path(args.output).absolute(), args.force)
     folder = Path(args.model).expanduser()
     if not (folder / "config.json").is_file():
         raise ModelLoadError(
@@ -162,25 +141,15 @@ def _layerwise(args: argparse.Namespace, alpha: float):
         raise ModelLoadError(
             f"cannot load the tokenizer of {folder}, needed for calibration text: {e}"
         ) from e
-    calib = args.calib or DEFAULT_CALIB
-    batches = calibration_batches(tokenizer, calib, num_samples=args.num_samples, seq_len=args.seq_len)
-    recipe = {
-        "source_model": args.model,
-        "calibration": {"dataset": calib, "num_samples": args.num_samples, "seq_len": args.seq_len},
-    }
+    batches = calibration_batches(tokenizer, recipe.calibration, recipe.num_samples, recipe.seq_len)
     return quantize_checkpoint(
         folder,
         args.output,
         batches,
-        args.scheme,
-        alpha,
-        dtype=getattr(torch, args.dtype),
+        recipe,
         device=args.device or "cpu",
-        seq_len=args.seq_len,
-        num_samples=args.num_samples,
         offload_activations=args.offload_activations,
         tokenizer=tokenizer,
-        recipe=recipe,
+        record=source_record(args.model, recipe),
         force=args.force,
-        weight_rounding=args.rounding,
     )

@@ -1,7 +1,7 @@
 """Compare several quantization configurations of one model against one floating-point pass.
 
-A configuration is data (scheme, alpha, linear pairs); each is applied to a fresh copy of the
-floating-point model, evaluated, and dropped before the next, so memory holds the original plus
+A configuration is a named row that builds a :class:`~smoothquant.recipe.Recipe` (scheme, alpha,
+linear pairs...); each is applied to a fresh copy of the floating-point model, evaluated, and dropped before the next, so memory holds the original plus
 one quantized copy whatever the number of rows. Calibration statistics are measured once and
 shared: smoothing derives the statistics of each smoothed copy from them.
 """
@@ -22,9 +22,10 @@ from tqdm.auto import tqdm
 
 from smoothquant.calibration import ActStats, calibrate
 from smoothquant.evaluation.metrics import EvalResult, Reference, compare, reference_pass
-from smoothquant.pipeline import QuantizationResult, quantize_model
+from smoothquant.pipeline import quantize_model
 from smoothquant.quantization import get_scheme
 from smoothquant.quantization.gptq import check_rounding
+from smoothquant.recipe import QuantizationResult, Recipe
 from smoothquant.smoothing.smooth import Alpha
 
 FP = "fp"
@@ -42,6 +43,22 @@ class Config:
     rounding: str = "nearest"
     ranges: str = "absmax"
     check_alphas: tuple[float, ...] = ()  # with alpha "auto": the single alphas it is checked against
+
+    def __post_init__(self) -> None:
+        self.recipe()  # a bad row fails here, before any model work
+
+    def recipe(self) -> Recipe | None:
+        """What the row builds (None: the floating-point reference)."""
+        if self.scheme is None:
+            return None
+        return Recipe(
+            self.scheme,
+            self.alpha,
+            linear_pairs=self.linear_pairs,
+            weight_rounding=self.rounding,
+            ranges=self.ranges,
+            check_alphas=self.check_alphas,
+        )
 
     @property
     def smoothed(self) -> bool:
@@ -113,18 +130,7 @@ def build(
 ) -> QuantizationResult:
     """A quantized copy of ``model`` following ``config`` (``model`` itself is not modified), in
     ``.model`` of the result, which also says what was chosen (alphas, search) and what it took."""
-    return quantize_model(
-        copy.deepcopy(model),
-        calibration,
-        config.scheme,
-        config.alpha,
-        linear_pairs=config.linear_pairs,
-        stats=stats,
-        weight_rounding=config.rounding,
-        ranges=config.ranges,
-        check_alphas=config.check_alphas,
-        progress=False,
-    )
+    return quantize_model(copy.deepcopy(model), calibration, config.recipe(), stats=stats, progress=False)
 
 
 def run(

@@ -124,6 +124,36 @@ def _strategy(args: dict[str, Any]) -> str:
     return str(strategy).lower()
 
 
+def _config_group(name: str, group: Any) -> ConfigGroup:
+    """One entry of ``config_groups``, checked to be W8A8 INT8 as ``load`` runs it."""
+    where = f"config_groups.{name}"
+    if not isinstance(group, dict) or not isinstance(group.get("targets"), list):
+        raise CheckpointError(f"{where} has no targets list")
+    if group.get("format") not in (None, *READABLE_FORMATS):
+        raise CheckpointError(f"{where}.format is {group.get('format')!r}; only int8 tensors can be loaded")
+    if group.get("output_activations"):
+        raise CheckpointError(f"{where}.output_activations is set; output quantization is not supported")
+    w = _int8_symmetric(group.get("weights"), f"{where}.weights")
+    a = _int8_symmetric(group.get("input_activations"), f"{where}.input_activations")
+    w_strategy, a_strategy = _strategy(w), _strategy(a)
+    if w_strategy not in ("tensor", "channel") or w.get("dynamic"):
+        raise CheckpointError(
+            f"{where}.weights: strategy {w_strategy!r} (dynamic={w.get('dynamic')}); only static "
+            "per-tensor or per-channel weight scales can be loaded"
+        )
+    dynamic = a.get("dynamic", False)
+    if a_strategy not in ("tensor", "token") or dynamic not in (True, False):
+        raise CheckpointError(
+            f"{where}.input_activations: strategy {a_strategy!r} (dynamic={dynamic!r}); only per-token "
+            "dynamic or per-tensor activation scales can be loaded"
+        )
+    try:
+        inputs = ActQuant(a_strategy, dynamic=dynamic)  # type: ignore[arg-type]
+    except Exception as e:  # per-token static: ActQuant says why
+        raise CheckpointError(f"{where}.input_activations: {e}") from e
+    return ConfigGroup(name, tuple(group["targets"]), WeightQuant(w_strategy), inputs)  # type: ignore[arg-type]
+
+
 def parse_quantization_config(qc: Any) -> tuple[list[ConfigGroup], list[str]]:
     """Validate a ``quantization_config`` and return its groups and ignore list.
 
@@ -156,34 +186,7 @@ def parse_quantization_config(qc: Any) -> tuple[list[ConfigGroup], list[str]]:
     if not isinstance(raw_groups, dict) or not raw_groups:
         raise CheckpointError("quantization_config.config_groups is missing or empty")
     for name, group in raw_groups.items():
-        where = f"config_groups.{name}"
-        if not isinstance(group, dict) or not isinstance(group.get("targets"), list):
-            raise CheckpointError(f"{where} has no targets list")
-        if group.get("format") not in (None, *READABLE_FORMATS):
-            raise CheckpointError(
-                f"{where}.format is {group.get('format')!r}; only int8 tensors can be loaded"
-            )
-        if group.get("output_activations"):
-            raise CheckpointError(f"{where}.output_activations is set; output quantization is not supported")
-        w = _int8_symmetric(group.get("weights"), f"{where}.weights")
-        a = _int8_symmetric(group.get("input_activations"), f"{where}.input_activations")
-        w_strategy, a_strategy = _strategy(w), _strategy(a)
-        if w_strategy not in ("tensor", "channel") or w.get("dynamic"):
-            raise CheckpointError(
-                f"{where}.weights: strategy {w_strategy!r} (dynamic={w.get('dynamic')}); only static "
-                "per-tensor or per-channel weight scales can be loaded"
-            )
-        dynamic = a.get("dynamic", False)
-        if a_strategy not in ("tensor", "token") or dynamic not in (True, False):
-            raise CheckpointError(
-                f"{where}.input_activations: strategy {a_strategy!r} (dynamic={dynamic!r}); only per-token "
-                "dynamic or per-tensor activation scales can be loaded"
-            )
-        try:
-            inputs = ActQuant(a_strategy, dynamic=dynamic)  # type: ignore[arg-type]
-        except Exception as e:  # per-token static: ActQuant says why
-            raise CheckpointError(f"{where}.input_activations: {e}") from e
-        groups.append(ConfigGroup(name, tuple(group["targets"]), WeightQuant(w_strategy), inputs))  # type: ignore[arg-type]
+        groups.append(_config_group(name, group))
     ignore = qc.get("ignore") or []
     if not isinstance(ignore, list):
         raise CheckpointError("quantization_config.ignore must be a list")

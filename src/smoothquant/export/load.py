@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
-from transformers import AutoConfig
+from transformers import AutoConfig, PretrainedConfig
 
 from smoothquant.errors import CheckpointError
 from smoothquant.export import compressed_tensors as ct
@@ -189,12 +189,7 @@ def load(
     groups, ignore = ct.parse_quantization_config(raw.get("quantization_config"))
     dtype = config_dtype(raw, dtype)
     tensors = read_tensors(path)
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except (ValueError, KeyError, OSError) as e:
-        raise CheckpointError(f"{path}/config.json is not a transformers config: {e}") from e
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config  # we build the quantized modules ourselves
+    config = _float_config(path)
     model = skeleton(config, dtype=dtype)
     model_type = getattr(config, "model_type", None)
 
@@ -228,6 +223,18 @@ def load(
 
         convert(model, backend)
     return model
+
+
+def _float_config(path: Path) -> PretrainedConfig:
+    """The checkpoint's transformers config without its quantization_config: the quantized
+    modules are built here, not by transformers."""
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (ValueError, KeyError, OSError) as e:
+        raise CheckpointError(f"{path}/config.json is not a transformers config: {e}") from e
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    return config
 
 
 def _persistent_buffers(model: nn.Module) -> list[tuple[str, torch.Tensor]]:

@@ -1,16 +1,15 @@
-"""How module names on disk differ from module names in memory, as data.
+"""How module names on disk differ from module names in memory, from the family tables.
 
 transformers 5 renames some checkpoint keys on load and fuses MoE experts into 3-D parameters;
 ``save_pretrained`` reverses that. Our models hold per-expert linears (``prepare_model``) named as
-in the original checkpoints, so only the renames remain: Mixtral's MoE block is ``mlp`` in
-memory but ``block_sparse_moe`` on disk, where vLLM's Mixtral loader and transformers' own
-key conversion expect it. Qwen2-MoE / Qwen3-MoE experts already carry their disk names.
+in the original checkpoints, so only the renames remain, and each family table lists its own
+(``Family.disk_renames``: Mixtral's MoE block is ``mlp`` in memory but ``block_sparse_moe`` on
+disk) and its linears stored fused (``Family.fused_on_disk``).
 
 ``FUSED_SIBLINGS``: linears vLLM runs as one fused GEMM (``qkv_proj``, ``gate_up_proj``,
 Mixtral's ``w13``) with a single static input scale (the maximum of the siblings').
-``FUSED_ON_DISK``: linears stored already fused (Phi-3, GLM, Falcon, BLOOM, GPT-NeoX). vLLM loads
-per-tensor weight scales of fused layers as one scale per logical shard, which such a checkpoint
-does not have (one per tensor).
+vLLM loads per-tensor weight scales of layers stored fused as one scale per logical shard, which
+such a checkpoint does not have (one per tensor).
 """
 
 from __future__ import annotations
@@ -19,18 +18,13 @@ import re
 
 from torch import nn
 
-# model_type -> ((in-memory regex, on-disk replacement), ...), applied in order to dotted names
-CHECKPOINT_RENAMES: dict[str, tuple[tuple[str, str], ...]] = {
-    "mixtral": ((r"\.mlp\.(experts|gate)(\.|$)", r".block_sparse_moe.\1\2"),),
-}
+from smoothquant.families import family_of_type
 
 FUSED_SIBLINGS: tuple[frozenset[str], ...] = (
     frozenset({"q_proj", "k_proj", "v_proj"}),
     frozenset({"gate_proj", "up_proj"}),
     frozenset({"w1", "w3"}),
 )
-
-FUSED_ON_DISK: frozenset[str] = frozenset({"qkv_proj", "gate_up_proj", "query_key_value"})
 
 
 def _apply(name: str, rules: tuple[tuple[str, str], ...]) -> str:
@@ -40,9 +34,17 @@ def _apply(name: str, rules: tuple[tuple[str, str], ...]) -> str:
 
 
 def to_disk(name: str, model_type: str | None) -> str:
-    """The checkpoint name of an in-memory module or tensor name (reading maps the model's names
-    forward too, so no inverse table is needed)."""
-    return _apply(name, CHECKPOINT_RENAMES.get(model_type or "", ()))
+    """The checkpoint name of an in-memory module or tensor name, by the family table's
+    ``disk_renames`` (reading maps the model's names forward too, so no inverse is needed)."""
+    family = family_of_type(model_type)
+    return _apply(name, family.disk_renames) if family else name
+
+
+def fused_on_disk(names: list[str], model_type: str | None) -> list[str]:
+    """Those of ``names`` that the family's checkpoints store as one fused linear."""
+    family = family_of_type(model_type)
+    paths = tuple(f".{p}" for p in (family.fused_on_disk if family else ()))
+    return [n for n in names if n.endswith(paths)] if paths else []
 
 
 def sibling_sets(names: list[str]) -> list[list[str]]:

@@ -26,8 +26,9 @@ from smoothquant.export import names
 from smoothquant.export.atomic import atomic_directory
 from smoothquant.export.skeleton import skeleton
 from smoothquant.nn_utils import model_dtype
-from smoothquant.pipeline import QuantizationResult
 from smoothquant.quantization import FakeQuantLinear, Scheme
+from smoothquant.recipe import QuantizationResult
+from smoothquant.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def check_layout(model: nn.Module, modules: dict[str, nn.Module]) -> None:
             raise ExportError(f"{name}: shape differs from the model's config; was the model resized?")
 
 
-def vllm_caveats(scheme: Scheme, quantized: list[str]) -> list[str]:
+def vllm_caveats(scheme: Scheme, quantized: list[str], model_type: str | None) -> list[str]:
     """Valid checkpoints that vLLM (per its CompressedTensorsW8A8Int8 and INT8 MoE code) will not serve."""
     out = []
     if not ct.vllm_servable(scheme):
@@ -83,7 +84,7 @@ def vllm_caveats(scheme: Scheme, quantized: list[str]) -> list[str]:
             f"scheme {scheme.name} (per-tensor dynamic activations) is valid compressed-tensors and loads "
             "in transformers, but vLLM has no kernel for it; use w8a8, O1 or O3 to serve with vLLM"
         )
-    fused = [n for n in quantized if n.rpartition(".")[2] in names.FUSED_ON_DISK]
+    fused = names.fused_on_disk(quantized, model_type)
     if fused and scheme.weights.granularity == "tensor":
         out.append(
             f"{fused[0]} and {len(fused) - 1} more store fused projections with one per-tensor weight "
@@ -194,7 +195,7 @@ def save_quantized(
     modules = _quantized(model)
     scheme = _scheme(modules, result.scheme.name if result is not None else "custom")
     check_layout(model, modules)
-    for warning in vllm_caveats(scheme, list(modules)):
+    for warning in vllm_caveats(scheme, list(modules), getattr(model.config, "model_type", None)):
         log.warning(warning)
     model_type = getattr(model.config, "model_type", None)
     tensors = checkpoint_tensors(model.state_dict().items(), modules, model_type)
@@ -211,8 +212,6 @@ def save_quantized(
 
 def recipe_record(quantized_linears: int, applied: dict[str, Any], extra: dict[str, Any] | None) -> dict:
     """What ``smoothquant_recipe.json`` holds: format, what was applied, and the caller's entries."""
-    from smoothquant import __version__
-
     return {
         "smoothquant_version": __version__,
         "format": f"{ct.QUANT_METHOD}/{ct.FORMAT}",

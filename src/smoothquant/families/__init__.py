@@ -4,6 +4,7 @@ from smoothquant.families.moe import UnfusedExperts, prepare_model
 from smoothquant.families.resolve import (
     ResolvedGroup,
     ResolvedModel,
+    family_of_type,
     find_family,
     register_family,
     resolve,
@@ -24,6 +25,7 @@ __all__ = [
     "ResolvedGroup",
     "ResolvedModel",
     "UnfusedExperts",
+    "family_of_type",
     "find_family",
     "prepare_model",
     "register_family",

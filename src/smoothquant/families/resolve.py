@@ -48,6 +48,11 @@ def _model_type(model_or_config: object) -> str | None:
     return getattr(config, "model_type", None)
 
 
+def family_of_type(model_type: str | None) -> Family | None:
+    """The family table for a ``config.model_type``, or None for an unsupported one."""
+    return next((f for f in _families() if model_type in f.model_types), None)
+
+
 def find_family(model_or_config: object) -> Family:
     """The family table for a model (or config), by ``config.model_type``."""
     model_type = _model_type(model_or_config)

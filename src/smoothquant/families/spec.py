@@ -106,6 +106,11 @@ class Family:
     output quantization and their calibration statistics.
     ``keep_float``: linears inside blocks that stay in floating point (MoE routers and gates).
     ``gated_mlp``: where the block's gated MLP is, for the INT8 runtime's fused gate/up GEMM.
+    ``disk_renames``: (regex on an in-memory name, replacement) pairs, applied in order, giving the
+    name a tensor has in the family's checkpoints where transformers renames it on load (Mixtral's
+    MoE block is ``mlp`` in memory, ``block_sparse_moe`` on disk, where vLLM expects it).
+    ``fused_on_disk``: linears (block-relative paths) that checkpoints store already fused (one
+    ``qkv_proj`` for q, k and v): vLLM expects one weight scale per logical shard of those.
     """
 
     name: str
@@ -117,4 +122,6 @@ class Family:
     keep_float: tuple[str, ...] = ()
     experts: Experts | None = None
     gated_mlp: GatedMLP | None = None
+    disk_renames: tuple[tuple[str, str], ...] = ()
+    fused_on_disk: tuple[str, ...] = ()
     notes: str = ""

@@ -90,6 +90,7 @@ PHI3 = Family(
     layers=("model.layers",),
     layouts=(Layout((Group("attn_in", "input_layernorm", ("self_attn.qkv_proj",)), *_FUSED_MLP)),),
     bmm_inputs=("self_attn.qkv_proj",),
+    fused_on_disk=("self_attn.qkv_proj", "mlp.gate_up_proj"),
     notes="fused qkv_proj: v_proj -> o_proj smoothing is not offered",
 )
 GLM = Family(
@@ -98,6 +99,7 @@ GLM = Family(
     layers=("model.layers",),
     layouts=(Layout((ATTN_IN, ATTN_OUT, *_FUSED_MLP)),),
     bmm_inputs=QKV,
+    fused_on_disk=("mlp.gate_up_proj",),
     notes="transformers' Glm (GLM-4 architecture); the MLP's gate_up_proj is fused",
 )
 
@@ -132,6 +134,7 @@ BLOOM = Family(
         ),
     ),
     bmm_inputs=("self_attention.query_key_value",),
+    fused_on_disk=("self_attention.query_key_value",),
     notes="GELU MLP and head-interleaved fused qkv: norm -> linear only",
 )
 
@@ -162,6 +165,7 @@ FALCON = Family(
         ),
     ),
     bmm_inputs=(_FALCON_QKV,),
+    fused_on_disk=(_FALCON_QKV,),
 )
 
 GPT2 = Family(
@@ -170,6 +174,7 @@ GPT2 = Family(
     layers=("transformer.h",),
     layouts=(Layout((Group("attn_in", "ln_1", ("attn.c_attn",)), Group("mlp_in", "ln_2", ("mlp.c_fc",)))),),
     bmm_inputs=("attn.c_attn",),
+    fused_on_disk=("attn.c_attn",),
     notes="Conv1D linears (weight stored [in, out])",
 )
 
@@ -186,6 +191,7 @@ GPT_NEOX = Family(
         ),
     ),
     bmm_inputs=("attention.query_key_value",),
+    fused_on_disk=("attention.query_key_value",),
 )
 
 # MoE: the router ("mlp.gate") reads the same normed input as the experts. It absorbs the scale
@@ -213,6 +219,7 @@ MIXTRAL = Family(
     bmm_inputs=QKV,
     keep_float=("mlp.gate",),
     experts=Experts("mlp.experts", gate="w1", up="w3", down="w2"),
+    disk_renames=((r"\.mlp\.(experts|gate)(\.|$)", r".block_sparse_moe.\1\2"),),
 )
 
 _MOE_EXPERTS_IN = ("mlp.experts.*.gate_proj", "mlp.experts.*.up_proj")

@@ -105,7 +105,7 @@ def quantized_replacements(
     instead of to nearest; ``search_weight_scales``: their scales shrunk first where that lowers
     the output error (:func:`~smoothquant.quantization.gptq.search_scale`). ``input_clip``:
     name -> factor (<= 1) applied to the calibrated static input range (from
-    :func:`~smoothquant.calibration.search_input_clip`). Works on a whole model or on one decoder
+    :func:`~smoothquant.quantization.search_input_clip`). Works on a whole model or on one decoder
     block."""
     static_in = not scheme.inputs.dynamic
     static_out = scheme.outputs is not None and not scheme.outputs.dynamic
