@@ -125,14 +125,30 @@ def test_demo_writes_table_figures_and_results(checkpoint, text_file, tmp_path, 
         assert all(r.get("weight_rounding", "nearest") == "nearest" for r in data["results"])
 
 
-def test_demo_refuses_a_file_as_out_before_loading(checkpoint, text_file, tmp_path, capsys):
-    out = tmp_path / "afile"
-    out.write_text("keep")
-    argv = ["demo", "--model", str(checkpoint), "--data", str(text_file), "--out", str(out)]
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--out", "afile", "is a file, not a folder: choose another --out"),
+        ("--out", "afile/sub", "is a file, not a directory"),
+        ("--out", "/proc/x", "cannot write in /proc"),
+        ("--data", "missing.txt", "unknown dataset"),
+        ("--model", "no-such-model", "unknown model 'no-such-model'"),
+        ("--alpha", "1.5", "alpha"),
+    ],
+)
+def test_demo_refuses_bad_input_in_one_line(checkpoint, text_file, tmp_path, capsys, flag, value, message):
+    (tmp_path / "afile").write_text("keep")
+    source = sorted((p.name, p.stat().st_size) for p in checkpoint.iterdir())
+    args = {"--model": str(checkpoint), "--data": str(text_file), "--out": str(tmp_path / "out")}
+    args[flag] = str(tmp_path / value) if value.startswith(("afile", "missing")) else value
+    argv = ["demo", *(x for kv in args.items() for x in kv), "--no-progress"]
+    before = sorted(p.name for p in tmp_path.iterdir())
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "is a file, not a folder" in err and "Traceback" not in err
-    assert out.read_text() == "keep"
+    assert err.count("\n") == 1 and err.startswith("smoothquant: error: ") and "Traceback" not in err, err
+    assert message in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before and (tmp_path / "afile").read_text() == "keep"
+    assert sorted((p.name, p.stat().st_size) for p in checkpoint.iterdir()) == source
 
 
 def test_eval_check_alphas_need_auto(checkpoint, text_file, capsys):

@@ -42,6 +42,7 @@ from smoothquant.models import load_model
 from smoothquant.nn_utils import weight_oi
 from smoothquant.quantization import quantization_targets
 from smoothquant.smoothing import smooth
+from smoothquant.smoothing.smooth import check_alpha
 from smoothquant.tmpdirs import temp_name
 
 # How each SmoothQuant row of the full table migrates outliers. ``alpha`` is a float, a mapping
@@ -97,7 +98,10 @@ class Mode:
     searched: bool = True  # False: "auto" becomes FIXED_ALPHA, rounding nearest, ranges absmax
 
     def smoothing(self, alpha: object = None) -> dict[str, dict[str, Any]]:
-        """Each SmoothQuant scheme's settings in this mode; ``alpha`` (parsed) overrides them all."""
+        """Each SmoothQuant scheme's settings in this mode; ``alpha`` (parsed, checked here)
+        overrides them all."""
+        if alpha is not None:
+            check_alpha(alpha)
         out = {k: dict(v, alpha=alpha) if alpha is not None else dict(v) for k, v in SMOOTHING.items()}
         if not self.searched:
             out = {
