@@ -288,3 +288,34 @@ def test_a_window_longer_than_the_calibration_text_does_not_advise_fewer_samples
     with pytest.raises(DatasetError, match=r"less than one window of 100000: use --seq-len \d+ or less") as e:
         calibration_batches(tokenizer, str(tiny_checkpoint / "calib.txt"), num_samples=1, seq_len=100000)
     assert "fewer samples" not in str(e.value) and "--num-samples" not in str(e.value)
+
+
+# ---- free space -------------------------------------------------------------------------------
+def test_free_space_against_the_estimate(model_copy, tmp_path, tiny_checkpoint, capsys, monkeypatch):  # noqa: F811
+    import shutil
+    from collections import namedtuple
+
+    from smoothquant.errors import DiskSpaceError
+    from smoothquant.preflight import estimate_checkpoint_bytes
+
+    _calib(tmp_path, tiny_checkpoint)
+    calib = str(tmp_path / "calib.txt")
+    # the estimate matches what quantize writes (its tensors; config and tokenizer come on top)
+    code, err = _quantize_cli(model_copy, tmp_path / "done", capsys)
+    assert code == 0, err
+    written = sum(p.stat().st_size for p in (tmp_path / "done").glob("*.safetensors"))
+    estimate = estimate_checkpoint_bytes(str(model_copy))
+    assert 0.97 * written <= estimate <= written
+    assert estimate_checkpoint_bytes(str(model_copy), 2) < estimate  # bfloat16 leftovers
+    usage = namedtuple("usage", "total used free")
+    margin = atomic.SPACE_MARGIN_BYTES + int(estimate * atomic.SPACE_MARGIN_FRACTION)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(2**40, 2**40, estimate + margin - 1))
+    before = _tree(model_copy)
+    with pytest.raises(
+        DiskSpaceError, match=r"not enough free space in .*: the checkpoint needs about \d+ MiB"
+    ):
+        check_quantize(str(model_copy), tmp_path / "out", calib, 32)
+    assert not (tmp_path / "out").exists() and _tree(model_copy) == before
+    assert [p for p in tmp_path.iterdir() if p.name.startswith(".out.")] == []
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(2**40, 0, estimate + margin))
+    check_quantize(str(model_copy), tmp_path / "out", calib, 32)  # just enough

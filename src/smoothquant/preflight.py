@@ -37,17 +37,53 @@ def check_seq_len(seq_len: int, positions: int | None, model: str) -> None:
 
 
 def check_quantize(
-    model_src: str, out_dir: str | os.PathLike, calib: str, seq_len: int, force: bool = False
+    model_src: str,
+    out_dir: str | os.PathLike,
+    calib: str,
+    seq_len: int,
+    force: bool = False,
+    *,
+    dtype: str = "float32",
 ) -> None:
     """The checks ``smoothquant quantize`` runs first, cheapest first: output location (a
     writable directory or creatable in one; stale temporaries of killed runs removed), the
     calibration source, the model's files (installed, not truncated, not already quantized, hub
-    reachable) and ``seq_len`` against the model's positions. The free space is checked again
-    with the exact size just before writing."""
+    reachable), ``seq_len`` against the model's positions, and the free space against the
+    checkpoint's estimated size (``dtype``: what the float leftovers are saved in). The free space
+    is checked again with the exact size just before writing."""
     from smoothquant.data.sources import check_source as check_calibration
-    from smoothquant.export.atomic import check_output
+    from smoothquant.export.atomic import check_free_space, check_output
     from smoothquant.models.load import check_source as check_model
 
-    check_output(Path(out_dir).absolute(), force)
+    target = Path(out_dir).absolute()
+    check_output(target, force)
     check_calibration(calib)
     check_seq_len(seq_len, check_model(model_src), model_src)
+    estimate = estimate_checkpoint_bytes(model_src, FLOAT_BYTES.get(dtype, 4))
+    if estimate is not None:
+        check_free_space(target.parent, estimate)
+
+
+FLOAT_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def estimate_checkpoint_bytes(model_src: str, float_bytes: int = 4) -> int | None:
+    """The quantized checkpoint's size from the source's file headers (safetensors or GGUF): int8
+    weights and one fp32 scale per row for the decoder blocks' matrices, ``float_bytes`` per value
+    for everything else. None where the headers are not on this machine (a hub id)."""
+    from smoothquant.models.checks import checkpoint_bytes
+    from smoothquant.models.load import tensor_shapes
+
+    shapes = tensor_shapes(model_src)
+    return checkpoint_bytes(shapes, float_bytes) if shapes else None
+
+
+def check_output_folder(out: str | os.PathLike) -> None:
+    """A folder that results are written into (created if missing): not a file, and writable
+    where it is or would be created. One line naming the problem otherwise."""
+    from smoothquant.export.atomic import check_parent
+
+    path = Path(out).absolute()
+    if path.exists() and not path.is_dir():
+        raise ArgumentError(f"--out {out} is a file, not a folder: choose another --out")
+    check_parent(path / "results.json" if path.is_dir() else path)

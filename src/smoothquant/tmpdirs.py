@@ -20,15 +20,35 @@ log = logging.getLogger("smoothquant")
 
 KINDS = ("tmp", "old")  # being written; the previous target, moved aside while being replaced
 
+# (folder, name prefix) of every "tmp" sibling this process was handed: what an interrupted run
+# removes on its way out (smoothquant.interrupt). "old" siblings hold the user's previous output
+# while it is being replaced and are never in it.
+_WRITING: set[tuple[Path, str]] = set()
+
 
 def temp_prefix(target: Path, kind: str = "tmp") -> str:
     """``tempfile.mkdtemp``'s prefix for a hidden sibling of ``target`` owned by this process."""
-    return f".{target.name}.{kind}-{os.getpid()}-"
+    prefix = f".{target.name}.{kind}-{os.getpid()}-"
+    if kind == "tmp":
+        _WRITING.add((target.parent, prefix))
+    return prefix
 
 
 def temp_name(target: Path, kind: str, tag: str) -> Path:
     """The path of a (not yet created) hidden sibling of ``target`` owned by this process."""
     return target.with_name(temp_prefix(target, kind) + tag)
+
+
+def writing() -> list[Path]:
+    """The "tmp" siblings this process created that still exist (being written, or not yet
+    cleaned up)."""
+    found = []
+    for folder, prefix in list(_WRITING):
+        try:
+            found += [p for p in folder.iterdir() if p.name.startswith(prefix)]
+        except OSError:
+            continue
+    return sorted(found)
 
 
 def pid_alive(pid: int) -> bool:

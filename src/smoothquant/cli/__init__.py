@@ -37,10 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from smoothquant import interrupt
     from smoothquant.errors import SmoothQuantError
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    if argv is None:  # the command line itself, not a caller inside Python (tests, notebooks)
+        interrupt.install()
     try:
         return int(args.func(args) or 0)
     except SmoothQuantError as e:
@@ -49,5 +52,4 @@ def main(argv: list[str] | None = None) -> int:
         print(f"smoothquant: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("smoothquant: interrupted", file=sys.stderr)
-        return 130
+        return interrupt.leave()

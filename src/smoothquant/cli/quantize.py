@@ -108,7 +108,14 @@ def _quantize(args: argparse.Namespace) -> int:
         raise ArgumentError("--offload-activations and --device need --layerwise")
     from smoothquant.preflight import check_quantize
 
-    check_quantize(args.model, args.output, recipe.calibration, recipe.seq_len, args.force)
+    check_quantize(
+        args.model,
+        args.output,
+        recipe.calibration,
+        recipe.seq_len,
+        args.force,
+        dtype=recipe.dtype or "float32",
+    )
     if not args.layerwise:
         from smoothquant.oneshot import quantize_and_save
 

@@ -30,9 +30,9 @@ from smoothquant.errors import SmoothQuantError
 
 # positions whose logits are turned into probabilities at once (bounds memory to ~chunk x vocab)
 CHUNK = 512
-# windows run together up to this many tokens: on CPU a 2048-row GEMM is ~1.5x faster per token
-# than a 512-row one; but the batch's logits (tokens x vocab floats) stay under BATCH_LOGITS
-# floats (512 MB), so large vocabularies (Gemma's 262k) run one window at a time
+# windows run together up to this many tokens: on CPU a 2048-row GEMM is faster per token than a
+# 512-row one (docs/cpu-timings.md); but the batch's logits (tokens x vocab floats) stay under
+# BATCH_LOGITS floats (512 MB), so large vocabularies (Gemma's 262k) run one window at a time
 BATCH_TOKENS = 2048
 BATCH_LOGITS = 2**27
 

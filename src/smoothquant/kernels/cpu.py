@@ -6,7 +6,7 @@ Two ways to get the integers, chosen once per process from the CPU's flags:
   AVX-VNNI or AMX). ``b`` is the weight ``[N, K]``; ``_int_mm`` wants ``[K, N]`` and runs fastest
   on the transposed view of a K-contiguous tensor, so no copy is made.
 - Elsewhere (AVX2-only CPUs such as this project's CI machines) ``_int_mm`` falls back to a path
-  about 20x slower than an fp32 GEMM, so the integers are computed by fp32 GEMMs over chunks of
+  many times slower than an fp32 GEMM (docs/cpu-timings.md), so the integers are computed by fp32 GEMMs over chunks of
   at most 1024 input channels: every product is below 127 * 127 < 2^14, so a chunk's sum stays
   below 2^24 and fp32 holds it exactly; chunks are summed in int32. Same integers, fp32 speed.
 """

@@ -91,7 +91,7 @@ def _attended_range(m_rows, row_ok, start, end, HAS_MASK: tl.constexpr):
     # The range of cache rows some query attends to (a static cache's unwritten tail is never
     # read). The attention loops then load K/V by address alone, so the compiler can prefetch
     # the next blocks while one computes; gating each block's loads on its mask bytes made every
-    # iteration wait for two dependent loads (16% slower at batch 16 on an H100). ``m_rows``:
+    # iteration wait for two dependent loads (docs/kernels.md, INT8 KV cache, change 1). ``m_rows``:
     # [rows, 1] mask row pointers.
     if HAS_MASK:
         lo = end
@@ -312,8 +312,8 @@ def decode_attention(
         mask = mask.expand(b, hq, s, length)
         mask = mask if mask.stride(-1) == 1 else mask.contiguous()
         mask = mask.view(torch.int8)
-    # the row kernel wants enough (batch, head) programs to fill the GPU unsplit (H100,
-    # Llama-2-7B heads: 80 vs 114 us at batch 16 / 1k context, 39 vs 26 us at batch 1 / 4k)
+    # the row kernel wants enough (batch, head) programs to fill the GPU unsplit; below that the
+    # tile kernel's split along the sequence wins (timings: docs/kernels-notes.md, code figures)
     if kernel not in ("auto", "row", "tile"):
         raise ValueError(f"kernel must be 'auto', 'row' or 'tile', got {kernel!r}")
     many = b * hkv >= 2 * (_sm_count(q.device.index or 0) if q.device.type == "cuda" else 4)

@@ -183,7 +183,8 @@ def quantize_rows(
     if block_k is None:
         # few rows: the whole row in registers (one load latency instead of two loops of them);
         # many rows: 4096-wide blocks (one tile for K <= 4096, else a second loop over rows still
-        # in L2), 3-10% faster than 2048 at 2048-8192 rows once the division got cheap
+        # in L2), faster than 2048 at 2048-8192 rows once the division got cheap (timings:
+        # docs/kernels-notes.md, code figures)
         block = 4096 if many else triton.next_power_of_2(k)
         block = block if block <= 16384 else 4096
     else:

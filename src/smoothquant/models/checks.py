@@ -9,6 +9,8 @@ after the expensive part has started.
 from __future__ import annotations
 
 import json
+import math
+import re
 import struct
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,12 @@ _HEADER_LIMIT = 100 * 2**20  # safetensors' own cap on the JSON header
 
 def check_safetensors_file(path: Path) -> None:
     """Raise one line naming ``path`` unless its header parses and the data it announces is there."""
+    _header(path)
+
+
+def _header(path: Path) -> dict[str, Any]:
+    """The tensors a safetensors file announces (name -> dtype, shape, offsets), after checking
+    that they are all there."""
     fix = "re-download or re-save the checkpoint"
     try:
         size = path.stat().st_size
@@ -47,6 +55,36 @@ def check_safetensors_file(path: Path) -> None:
         raise ModelLoadError(
             f"{path} is truncated: its tensors end at byte {end}, the file has {size}: {fix}"
         )
+    return {k: v for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
+
+
+# A tensor inside a numbered decoder block (HF ``model.layers.3.``, GPT-2 ``h.3.``, GGUF ``blk.3.``).
+_BLOCK = re.compile(r"(?:^|\.)(?:layers|h|blocks|block|blk)\.\d+\.")
+
+
+def safetensors_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape from the folder's safetensors headers (a few KB read per file)."""
+    return {
+        name: tuple(int(d) for d in info["shape"])
+        for shard in sorted(folder.glob("*.safetensors"))
+        for name, info in _header(shard).items()
+    }
+
+
+def checkpoint_bytes(shapes: dict[str, tuple[int, ...]], float_bytes: int) -> int:
+    """What a quantized checkpoint of these tensors takes: the decoder blocks' matrices as int8
+    with one fp32 scale per output row, everything else (embeddings, norms, biases, head) as
+    floats of ``float_bytes``. Matrices that stay in floating point inside a block (MoE routers,
+    ``keep_float``) count as int8: an underestimate of a few MB that the caller's margin covers,
+    so that a run is never refused for space it does not need."""
+    total = 0
+    for name, shape in shapes.items():
+        numel = math.prod(shape)
+        if len(shape) == 2 and name.endswith("weight") and _BLOCK.search(name):
+            total += numel + 4 * shape[0]
+        else:
+            total += numel * float_bytes
+    return total
 
 
 def read_config(folder: Path) -> dict[str, Any]:

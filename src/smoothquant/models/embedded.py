@@ -21,6 +21,7 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from smoothquant.cache import atomic_path, cache_dir, file_sha256
 from smoothquant.errors import ModelLoadError
@@ -128,17 +129,7 @@ def check_gguf_file(path: Path, *, full: bool = False) -> int | None:
         raise ModelLoadError(f"{path} is not a GGUF file (magic {magic!r}, expected {GGUF_MAGIC!r})")
     if not full:
         return None
-    try:
-        from gguf import GGUFReader
-    except ImportError as e:
-        raise ModelLoadError("reading GGUF files needs the gguf package: pip install gguf") from e
-    try:
-        reader = GGUFReader(str(path))
-    except Exception as e:  # the reader raises assorted errors on truncated/corrupt files
-        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ModelLoadError(
-            f"{path} is truncated or not a valid GGUF file ({detail}): re-download it"
-        ) from e
+    reader = _reader(path)
     end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
     if end > path.stat().st_size:
         raise ModelLoadError(
@@ -146,6 +137,26 @@ def check_gguf_file(path: Path, *, full: bool = False) -> int | None:
             "re-download it"
         )
     return _context_length(reader)
+
+
+def _reader(path: Path) -> Any:
+    """A parsed GGUF header (seconds for a large vocabulary), or one line naming the file."""
+    try:
+        from gguf import GGUFReader
+    except ImportError as e:
+        raise ModelLoadError("reading GGUF files needs the gguf package: pip install gguf") from e
+    try:
+        return GGUFReader(str(path))
+    except Exception as e:  # the reader raises assorted errors on truncated/corrupt files
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ModelLoadError(
+            f"{path} is truncated or not a valid GGUF file ({detail}): re-download it"
+        ) from e
+
+
+def gguf_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape from a GGUF file's header, rows first (ggml lists the row length first)."""
+    return {t.name: tuple(int(d) for d in reversed(t.shape)) for t in _reader(path).tensors}
 
 
 def _context_length(reader: object) -> int | None:

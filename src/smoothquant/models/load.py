@@ -25,8 +25,21 @@ from torch import nn
 
 from smoothquant.cache import cache_dir
 from smoothquant.errors import ModelLoadError
-from smoothquant.models.checks import check_model_folder, check_not_quantized, max_positions, read_config
-from smoothquant.models.embedded import DEFAULT_MODEL, EMBEDDED, check_gguf_file, gguf_digest, gguf_path
+from smoothquant.models.checks import (
+    check_model_folder,
+    check_not_quantized,
+    max_positions,
+    read_config,
+    safetensors_shapes,
+)
+from smoothquant.models.embedded import (
+    DEFAULT_MODEL,
+    EMBEDDED,
+    check_gguf_file,
+    gguf_digest,
+    gguf_path,
+    gguf_shapes,
+)
 from smoothquant.nn_utils import nonfinite_parameters
 from smoothquant.tmpdirs import remove_stale, temp_name
 
@@ -129,7 +142,7 @@ def _load_embedded(name: str, dtype: torch.dtype) -> tuple[nn.Module, Any]:
     complete, never changes (so it is never deleted or rewritten under a reader).
     """
     source = gguf_path(name)
-    target = cache_dir("checkpoints") / f"{name}-{gguf_digest(source)[:16]}"
+    target = embedded_entry(name, source)
     if (target / CACHE_MARKER).is_file():
         try:
             return _from_pretrained(str(target), dtype)
@@ -193,8 +206,7 @@ def check_source(spec: str) -> int | None:
     (``max_position_embeddings``) where that is known this cheaply."""
     kind, path = _classify(spec)
     if kind == "embedded":
-        source = gguf_path(spec)  # the install check, and the assembly that loading needs anyway
-        entry = cache_dir("checkpoints") / f"{spec}-{gguf_digest(source)[:16]}"
+        entry = embedded_entry(spec, gguf_path(spec))  # the install check and assembly loading needs
         return max_positions(read_config(entry)) if (entry / CACHE_MARKER).is_file() else None
     if kind == "gguf":
         return check_gguf_file(path, full=True)
@@ -204,6 +216,25 @@ def check_source(spec: str) -> int | None:
         return max_positions(config)
     _check_hub(spec)
     return None
+
+
+def embedded_entry(name: str, source: Path) -> Path:
+    """The cache folder of an embedded model's converted checkpoint (complete once it holds
+    ``CACHE_MARKER``), keyed by the GGUF file's content."""
+    return cache_dir("checkpoints") / f"{name}-{gguf_digest(source)[:16]}"
+
+
+def tensor_shapes(spec: str) -> dict[str, tuple[int, ...]] | None:
+    """Every tensor's shape, from file headers only (safetensors of a folder or of an embedded
+    model's cached conversion, else the GGUF file); None for a hub id."""
+    kind, path = _classify(spec)
+    if kind == "embedded":
+        source = gguf_path(spec)
+        entry = embedded_entry(spec, source)
+        return safetensors_shapes(entry) if (entry / CACHE_MARKER).is_file() else gguf_shapes(source)
+    if kind == "gguf":
+        return gguf_shapes(path)
+    return safetensors_shapes(path) if kind == "folder" else None
 
 
 def load_model(

@@ -25,7 +25,7 @@ from smoothquant.nn_utils import weight_oi
 from smoothquant.quantization.quantizer import round_clamp, scale_from_absmax
 
 # 1.0 .. 0.5: smaller ranges clip the sink tokens' values so hard that the model breaks although
-# each linear's own error keeps falling (smollm2 O3 with factors down to 0.1: +68% vs +32%)
+# each linear's own error keeps falling (smollm2 O3 with factors down to 0.1: docs/auto-alpha.md)
 CLIP_GRID: tuple[float, ...] = tuple(round(1.0 - 0.05 * i, 2) for i in range(11))
 
 

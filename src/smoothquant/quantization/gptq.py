@@ -91,7 +91,7 @@ def gptq_round(
 @contextlib.contextmanager
 def _one_thread(device: torch.device) -> Iterator[None]:
     """The column loop is thousands of tiny ops: on CPU, worker threads only add synchronisation
-    (30x slower with two threads on a busy two-core machine than with one)."""
+    (much slower with two threads on a busy two-core machine than with one: docs/cpu-timings.md)."""
     n = torch.get_num_threads()
     if device.type == "cpu":
         torch.set_num_threads(1)

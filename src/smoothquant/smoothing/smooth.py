@@ -38,6 +38,18 @@ def _check_alpha(value: float | None, where: str) -> float | None:
     return float(value)
 
 
+def check_alpha(alpha: object) -> None:
+    """Refuse a bad alpha (a number in [0, 1], ``"auto"``, or a mapping of group patterns to
+    numbers or None) before any model work, with the message :func:`smooth` would give later."""
+    if alpha == "auto":
+        return
+    if isinstance(alpha, Mapping):
+        for key, value in alpha.items():
+            _check_alpha(value, f"group {key!r}")
+    else:
+        _check_alpha(alpha, "every group")  # type: ignore[arg-type]
+
+
 def resolve_alphas(group_ids: list[str], alpha: Alpha) -> dict[str, float | None]:
     """Alpha per group id. A mapping's keys are exact ids or fnmatch patterns (first match wins,
     exact ids before patterns); ``None`` leaves a group unsmoothed. Unmatched groups are an error,

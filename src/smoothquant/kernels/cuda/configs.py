@@ -3,7 +3,8 @@
 A configuration is a CTA tile, a cluster shape, a kernel schedule and whether A and B swap
 roles (for a handful of tokens). Each is one compiled kernel (one nvcc process, ~1-2 minutes of
 one core), so the list holds only those that win somewhere: :func:`choose` is a table of the
-measured winners per shape class (``scripts/cutlass_bench.py``; docs/kernels.md has the sweep).
+measured winners per shape class (``smoothquant bench gemm --sweep-cutlass``, run by
+``scripts/gpu_cutlass_run.sh``; docs/kernels.md has the sweep).
 """
 
 from __future__ import annotations
