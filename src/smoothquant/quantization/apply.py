@@ -14,6 +14,7 @@ from smoothquant.families import ResolvedModel, prepare_model, resolve
 from smoothquant.nn_utils import in_out_features, set_submodule, weight_oi
 from smoothquant.quantization.fake import FakeQuantLinear
 from smoothquant.quantization.gptq import check_rounding, round_weights
+from smoothquant.quantization.outliers import range_outliers
 from smoothquant.quantization.scheme import ActQuant, Scheme, get_scheme
 from smoothquant.state import smoothing_id
 
@@ -196,7 +197,8 @@ def quantize(
     ``keep_float``: names of targets left in floating point. For per-tensor schemes, where a few
     linears (smollm2's ``down_proj`` of some layers) carry most of the loss, this is mixed
     precision without a new format: the export lists them in the checkpoint's ``ignore``, which
-    vLLM and transformers honour.
+    vLLM and transformers honour. ``scheme.float_outliers`` adds the linears no per-tensor pair of
+    scales can cover (:func:`~smoothquant.quantization.outliers.range_outliers`, from ``stats``).
     """
     scheme = get_scheme(scheme, quantize_bmm_inputs=quantize_bmm_inputs)
     if any(isinstance(m, FakeQuantLinear) for m in model.modules()):
@@ -212,6 +214,12 @@ def quantize(
             f"keep_float names {len(unknown)} modules this model does not quantize (e.g. {unknown[0]})"
         )
     keep = set(keep_float)
+    if scheme.float_outliers is not None:
+        if stats is None:
+            raise StatsMismatchError(
+                "float_outliers chooses linears by their calibrated input ranges: pass stats"
+            )
+        keep.update(range_outliers(targets, stats, scheme.float_outliers))
     targets = {n: m for n, m in targets.items() if n not in keep}
     if hessians:
         hessians = {n: h for n, h in hessians.items() if n not in keep}

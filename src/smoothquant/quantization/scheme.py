@@ -63,6 +63,9 @@ class Scheme:
     paper's Figure 6). ``outlier_threshold``: LLM.int8()'s mixed precision: input columns holding
     any |x| above it stay in floating point. ``migration``: what runs before quantization:
     SmoothQuant smoothing, Outlier Suppression's gamma migration, or nothing.
+    ``float_outliers`` (meant for per-tensor weights): linears whose range product ``max|X_j| max|W_j|``
+    peaks above this multiple of its median stay in floating point
+    (:mod:`smoothquant.quantization.outliers`: no alpha can fit them into two per-tensor scales).
     """
 
     name: str
@@ -72,8 +75,13 @@ class Scheme:
     outlier_threshold: float | None = None
     migration: Literal["smoothquant", "gamma", "none"] = "smoothquant"
     description: str = ""
+    float_outliers: float | None = None
 
     def __post_init__(self) -> None:
+        if self.float_outliers is not None and not self.float_outliers > 1.0:
+            raise SchemeError(
+                f"float_outliers is a ratio max/median and must be > 1, got {self.float_outliers}"
+            )
         if self.migration not in ("smoothquant", "gamma", "none"):
             raise SchemeError(f"migration must be smoothquant, gamma or none, not {self.migration!r}")
         if self.outlier_threshold is not None and self.outlier_threshold <= 0:
